@@ -1,0 +1,84 @@
+"""The ``mailops`` command: lab, plan, provision."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_PARAMS = Path(__file__).resolve().parents[1] / "parameters" / "lab.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mailops", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    lab = sub.add_parser("lab", help="the lab host: a throwaway Debian server on this machine")
+    lab.add_argument("action", choices=["up", "down", "status", "ssh"])
+    lab.add_argument("--params", default=str(DEFAULT_PARAMS), help="parameters file with a lab: section")
+    lab.add_argument("--purge", action="store_true", help="with down: also remove the rootfs and keys")
+    lab.add_argument("command", nargs="*", help="with ssh: a command to run")
+
+    plan = sub.add_parser("plan", help="show what the steps would change (in-process, read only)")
+    plan.add_argument("--params", default=str(DEFAULT_PARAMS))
+    plan.add_argument("--only", action="append", help="a step (repeatable)")
+
+    prov = sub.add_parser("provision", help="run the provisioning notebooks through papermill")
+    prov.add_argument("--params", default=str(DEFAULT_PARAMS))
+    prov.add_argument("--apply", action="store_true", help="apply the changes (default: dry run)")
+    prov.add_argument("--only", action="append", help="a step (repeatable)")
+    prov.add_argument("--notebooks", choices=["changed", "all"], default="changed",
+                      help="execute notebooks only for steps with changes (default) or for all")
+    prov.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    args = ap.parse_args(argv)
+    from .params import ParamsError
+    try:
+        return {"lab": _lab, "plan": _plan, "provision": _provision}[args.cmd](args)
+    except ParamsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def _lab(args) -> int:
+    from . import lab
+    from .host import exec_replace
+    from .params import load_params
+
+    spec = lab.LabSpec.from_params(load_params(args.params))
+    if args.action == "up":
+        lab.up(spec)
+    elif args.action == "down":
+        lab.down(spec, purge=args.purge)
+    elif args.action == "status":
+        st = lab.status(spec)
+        print(st)
+        return 0 if st.up else 3
+    else:
+        exec_replace(lab.ssh_argv(spec, *args.command))
+    return 0
+
+
+def _plan(args) -> int:
+    from .session import open_session
+    from .steps import STEPS, get_step
+
+    steps = [get_step(n) for n in args.only] if args.only else [s for s in STEPS if s.declare]
+    with open_session(args.params) as session:
+        for step in steps:
+            print(session.plan(step.name))
+    return 0
+
+
+def _provision(args) -> int:
+    from .runner import provision
+
+    summary = provision(args.params, apply=args.apply, only=args.only,
+                        notebooks=args.notebooks,
+                        log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    print(json.dumps(summary.to_json(), indent=2) if args.json else summary)
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The lab host: a throwaway Debian server built on this machine.
+
+A debootstrap'd rootfs (cached as a tarball, so a rebuild skips debootstrap)
+runs in its own network, UTS, PID and mount namespaces with sshd as its first
+process.  Its veth joins a bridge on the host that carries a documentation-range
+network (198.51.100.0/24 or 203.0.113.0/24) and nothing else: the lab has no
+default route.  apt inside goes through apt-cacher-ng, which listens only on
+the bridge's address.  Everything here runs through :class:`LocalHost`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import socket
+import time
+from pathlib import Path
+
+from .host import CommandError, LocalHost
+
+IMAGE_VERSION = 1
+CACHE_DIR = Path("/var/cache/mailops")
+PROXY_PORT = 3142
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = "openssh-server,iproute2,procps,ca-certificates"
+
+
+class LabError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class LabSpec:
+    name: str
+    release: str
+    address: ipaddress.IPv4Address
+    state_dir: Path
+    cache_dir: Path = CACHE_DIR
+    mirror: str = MIRROR
+
+    @classmethod
+    def from_params(cls, params) -> "LabSpec":
+        if params.lab is None:
+            raise LabError("these parameters have no `lab:` section")
+        lab = params.lab
+        return cls(lab.name, lab.release, lab.address, params.path(lab.state_dir))
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(f"{self.address}/24", strict=False)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def bridge(self) -> str:
+        return f"mo-br{str(self.network.network_address).split('.')[0]}"
+
+    netns = property(lambda self: f"mailops-{self.name}")
+    veth = property(lambda self: f"mo-{self.name}")
+    dir = property(lambda self: self.state_dir / self.name)
+    rootfs = property(lambda self: self.dir / "rootfs")
+    key_file = property(lambda self: self.dir / "id_ed25519")
+    known_hosts = property(lambda self: self.dir / "known_hosts")
+    state_file = property(lambda self: self.dir / "state.json")
+    log_file = property(lambda self: self.dir / "lab.log")
+    url = property(lambda self: f"ssh://root@{self.address}:22")
+
+    @property
+    def image(self) -> Path:
+        return self.cache_dir / f"rootfs-{self.release}-v{IMAGE_VERSION}.tar.zst"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabStatus:
+    name: str
+    state: str            # up, down, half-dead
+    url: str
+    pid: int | None
+    detail: str = ""
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"lab {self.name}: {self.state} {self.url}" + (
+            f" pid {self.pid}" if self.pid else "") + extra
+
+
+# -- processes -----------------------------------------------------------------
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(record: dict | None) -> bool:
+    return bool(record) and _start_time(record["pid"]) == record["start"]
+
+
+def _record(pid: int) -> dict:
+    for _ in range(50):
+        start = _start_time(pid)
+        if start:
+            return {"pid": pid, "start": start}
+        time.sleep(0.01)
+    raise LabError(f"process {pid} exited at once")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _banner(address: str, port: int = 22, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+# -- status, up, down ------------------------------------------------------------
+
+def status(spec: LabSpec, local: LocalHost | None = None) -> LabStatus:
+    local = local or LocalHost()
+    state = _read_json(spec.state_file)
+    netns_exists = local.run(["ip", "netns", "pids", spec.netns], check=False).ok
+    if state is None and not netns_exists:
+        return LabStatus(spec.name, "down", spec.url, None)
+    problems = []
+    if state is None:
+        problems.append("namespace without state")
+    elif not _alive(state.get("ns")):
+        problems.append("first process is gone")
+    if not netns_exists:
+        problems.append("network namespace is gone")
+    if not problems and not _banner(str(spec.address)):
+        problems.append("sshd does not answer")
+    if not problems and not spec.known_hosts.exists():
+        problems.append("known_hosts is missing")
+    pid = state["ns"]["pid"] if state else None
+    if problems:
+        return LabStatus(spec.name, "half-dead", spec.url, pid, "; ".join(problems))
+    return LabStatus(spec.name, "up", spec.url, pid, spec.release)
+
+
+def up(spec: LabSpec, log=print) -> LabStatus:
+    """Bring the lab up; a no-op when it is up, a rebuild when it is half-dead."""
+    local = LocalHost()
+    st = status(spec, local)
+    if st.up:
+        _ensure_proxy(spec, local, log)   # the proxy can die on its own
+        log(f"{st} (already up)")
+        return st
+    if st.state == "half-dead":
+        log(f"lab {spec.name} is half-dead ({st.detail}): tearing it down")
+    _teardown(spec, local)
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    _ensure_bridge(spec, local)
+    _ensure_proxy(spec, local, log)
+    _ensure_rootfs(spec, local, log)
+    _ensure_keys(spec, local)
+    _start(spec, local)
+    st = status(spec, local)
+    if not st.up:
+        raise LabError(f"lab {spec.name} did not come up: {st.detail}; see {spec.log_file}")
+    log(str(st))
+    return st
+
+
+def down(spec: LabSpec, purge: bool = False, log=print) -> None:
+    """Stop what ``up`` started (by pid) and remove the namespace; ``purge``
+    also removes the rootfs and keys."""
+    local = LocalHost()
+    _teardown(spec, local)
+    others = [p for p in spec.state_dir.glob("*/state.json") if p.parent != spec.dir]
+    if not others:
+        _stop_proxy(spec, local)
+        local.run(["ip", "link", "del", spec.bridge], check=False)
+    if purge and spec.dir.exists():
+        local.run(["rm", "-rf", "--one-file-system", str(spec.dir)])
+    log(f"lab {spec.name}: down" + (" (purged)" if purge else ""))
+
+
+def _teardown(spec: LabSpec, local: LocalHost) -> None:
+    state = _read_json(spec.state_file) or {}
+    if _alive(state.get("ns")):
+        local.run(["kill", "-KILL", str(state["ns"]["pid"])], check=False)
+    pids = local.run(["ip", "netns", "pids", spec.netns], check=False).out.split()
+    if pids:
+        local.run(["kill", "-KILL", *pids], check=False)
+    for _ in range(100):
+        if not local.run(["ip", "netns", "pids", spec.netns], check=False).out.strip():
+            break
+        time.sleep(0.05)
+    local.run(["ip", "netns", "del", spec.netns], check=False)
+    local.run(["ip", "link", "del", spec.veth], check=False)
+    spec.state_file.unlink(missing_ok=True)
+
+
+def _ensure_bridge(spec: LabSpec, local: LocalHost) -> None:
+    if not local.run(["ip", "link", "show", spec.bridge], check=False).ok:
+        local.run(["ip", "link", "add", spec.bridge, "type", "bridge"])
+    addr = f"{spec.gateway}/{spec.network.prefixlen}"
+    if addr not in local.run(["ip", "-o", "addr", "show", "dev", spec.bridge]).out:
+        local.run(["ip", "addr", "add", addr, "dev", spec.bridge])
+    local.run(["ip", "link", "set", spec.bridge, "up"])
+
+
+def _proxy_file(spec: LabSpec) -> Path:
+    return spec.state_dir / f"apt-proxy-{spec.bridge}.json"
+
+
+def _ensure_proxy(spec: LabSpec, local: LocalHost, log) -> None:
+    if _alive(_read_json(_proxy_file(spec))) and _listening(spec.gateway, PROXY_PORT):
+        return
+    logdir = spec.state_dir / f"apt-proxy-{spec.bridge}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    cache = spec.cache_dir / "apt-cacher-ng"
+    cache.mkdir(parents=True, exist_ok=True)
+    pid = local.spawn(["apt-cacher-ng", "-c", "/etc/apt-cacher-ng", "ForeGround=1",
+                       f"BindAddress={spec.gateway}", f"Port={PROXY_PORT}",
+                       f"CacheDir={cache}", f"LogDir={logdir}",
+                       f"SocketPath={logdir}/socket", f"PidFile={logdir}/pid",
+                       # Debian's mirror list needs a backend: the mirror this machine uses
+                       f"Remap-debrep=file:deb_mirror*.gz /debian ; {spec.mirror}/"],
+                      logdir / "stdout.log")
+    _proxy_file(spec).write_text(json.dumps(_record(pid)))
+    for _ in range(100):
+        if _listening(spec.gateway, PROXY_PORT):
+            log(f"apt proxy on {spec.gateway}:{PROXY_PORT} (pid {pid})")
+            return
+        time.sleep(0.05)
+    raise LabError(f"apt-cacher-ng did not listen on {spec.gateway}:{PROXY_PORT}; "
+                   f"see {logdir}")
+
+
+def _stop_proxy(spec: LabSpec, local: LocalHost) -> None:
+    rec = _read_json(_proxy_file(spec))
+    if _alive(rec):
+        local.run(["kill", str(rec["pid"])], check=False)
+    _proxy_file(spec).unlink(missing_ok=True)
+
+
+def _listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+# -- the rootfs --------------------------------------------------------------------
+
+def _ensure_rootfs(spec: LabSpec, local: LocalHost, log) -> None:
+    if (spec.rootfs / "usr/sbin/sshd").exists():
+        return
+    if not spec.image.exists():
+        _build_image(spec, local, log)
+    log(f"extracting {spec.image.name}")
+    spec.rootfs.mkdir(parents=True, exist_ok=True)
+    local.run(["tar", "--zstd", "-xpf", str(spec.image), "--numeric-owner", "-C",
+               str(spec.rootfs)], timeout=600)
+
+
+def _build_image(spec: LabSpec, local: LocalHost, log) -> None:
+    spec.cache_dir.mkdir(parents=True, exist_ok=True)
+    build = spec.cache_dir / f"build-{spec.release}"
+    local.run(["rm", "-rf", "--one-file-system", str(build)])
+    log(f"debootstrap {spec.release} (about a minute; cached afterwards as {spec.image})")
+    local.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", spec.release,
+               str(build), spec.mirror], timeout=1800)
+    # the host's resolver must never be used from inside the lab
+    (build / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
+    (build / "etc/apt/sources.list").write_text(
+        f"deb {spec.mirror} {spec.release} main\n"
+        f"deb {spec.mirror} {spec.release}-updates main\n"
+        f"deb {spec.mirror}-security {spec.release}-security main\n")
+    for key in (build / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (build / "etc/ssh/sshd_config.d/mailops-lab.conf").write_text(
+        "# managed by mailops lab\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nHostKey /etc/ssh/ssh_host_ed25519_key\n")
+    local.run(["chroot", str(build), "apt-get", "clean"])
+    tmp = spec.image.with_suffix(".tmp")
+    local.run(["tar", "--zstd", "-cpf", str(tmp), "--numeric-owner", "-C", str(build), "."],
+              timeout=1800)
+    tmp.rename(spec.image)
+    local.run(["rm", "-rf", "--one-file-system", str(build)])
+
+
+def _ensure_keys(spec: LabSpec, local: LocalHost) -> None:
+    if not spec.key_file.exists():
+        local.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mailops-{spec.name}",
+                   "-f", str(spec.key_file)])
+    hostkey = spec.rootfs / "etc/ssh/ssh_host_ed25519_key"
+    if not hostkey.exists():
+        local.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", spec.name,
+                   "-f", str(hostkey)])
+    ssh_dir = spec.rootfs / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(Path(f"{spec.key_file}.pub").read_text())
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    kind, key = Path(f"{hostkey}.pub").read_text().split()[:2]
+    spec.known_hosts.write_text(f"{spec.address} {kind} {key}\n")
+    (spec.rootfs / "etc/apt/apt.conf.d/01mailops-lab-proxy").write_text(
+        f'Acquire::http::Proxy "http://{spec.gateway}:{PROXY_PORT}";\n')
+
+
+# The namespace's first process: mounts, hostname, then sshd as PID 1.
+NS_INIT = r"""set -e
+R=$1
+mount -t proc proc "$R/proc"
+mount -t sysfs -o ro sysfs "$R/sys"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
+mount --bind "$R/dev/pts/ptmx" "$R/dev/ptmx"
+mkdir -p "$R/run/sshd" "$R/run/lock"
+hostname "$2"
+exec chroot "$R" /usr/sbin/sshd -D -e
+"""
+
+
+def _start(spec: LabSpec, local: LocalHost) -> None:
+    ns = spec.netns
+    local.run(["ip", "netns", "add", ns])
+    local.run(["ip", "link", "add", spec.veth, "type", "veth", "peer", "name", "eth0",
+               "netns", ns])
+    local.run(["ip", "link", "set", spec.veth, "master", spec.bridge, "up"])
+    local.run(["ip", "-n", ns, "addr", "add", f"{spec.address}/{spec.network.prefixlen}",
+               "dev", "eth0"])
+    local.run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    local.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    routes = local.run(["ip", "-n", ns, "route", "show", "default"]).out.strip()
+    if routes:
+        raise LabError(f"lab {spec.name} has a default route ({routes}); refusing to start")
+    pid = local.spawn(["ip", "netns", "exec", ns, "unshare", "--uts", "--pid", "--mount",
+                       "--fork", "--kill-child", "--propagation", "private",
+                       "sh", "-c", NS_INIT, "lab-init", str(spec.rootfs), spec.name],
+                      spec.log_file)
+    spec.state_file.write_text(json.dumps({"ns": _record(pid), "release": spec.release,
+                                           "address": str(spec.address)}))
+    for _ in range(200):
+        if _banner(str(spec.address), timeout=0.5):
+            return
+        if _start_time(pid) is None:
+            break
+        time.sleep(0.05)
+    tail = spec.log_file.read_text()[-800:] if spec.log_file.exists() else ""
+    raise LabError(f"sshd in lab {spec.name} did not answer: {tail}")
+
+
+def ssh_argv(spec: LabSpec, *command: str) -> list[str]:
+    return ["ssh", "-i", str(spec.key_file), "-o", f"UserKnownHostsFile={spec.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
+            f"root@{spec.address}", *command]
+
+
+__all__ = ["LabError", "LabSpec", "LabStatus", "CommandError", "down", "ssh_argv",
+           "status", "up"]

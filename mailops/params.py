@@ -1,0 +1,173 @@
+"""Parameters: one YAML file per target, validated before anything connects.
+
+Relative paths in a parameters file resolve against the file's own directory.
+Secrets are references (``file:PATH#key``, ``env:NAME``), never literals.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      model_validator)
+
+from .secrets import check_ref
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_FQDN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
+_TZ = re.compile(r"^(UTC|[A-Z][A-Za-z_]+(/[A-Za-z0-9_+-]+){1,2})$")
+LAB_NETS = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24")]
+RELEASES = ("bookworm", "trixie")
+
+
+class ParamsError(ValueError):
+    """Bad parameters: every problem, each naming field, value and what is allowed."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"invalid parameters in {source}:\n" + "\n".join(
+            f"  - {p}" for p in problems))
+
+
+def _fqdn(value: str) -> str:
+    if not isinstance(value, str) or not _FQDN.match(value):
+        raise ValueError("must be a fully qualified domain name in lower case: labels of "
+                         "a-z, 0-9 and '-' separated by dots, e.g. mx1.example.com")
+    return value
+
+
+def _tz(value: str) -> str:
+    if not _TZ.match(value):
+        raise ValueError("must be a tz database name such as UTC or Europe/Berlin")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port from 1 to 65535")
+    return value
+
+
+def _target(value: str) -> str:
+    if value == "local://" or re.match(r"^ssh://[a-z_][a-z0-9_-]*@[A-Za-z0-9.:\[\]-]+(:\d+)?$",
+                                       value):
+        return value
+    raise ValueError("must be ssh://user@host[:port] or local://")
+
+
+def _secret_ref(value: str) -> str:
+    try:
+        return check_ref(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+FQDN = Annotated[str, AfterValidator(_fqdn)]
+Port = Annotated[int, AfterValidator(_port)]
+SecretRef = Annotated[str, AfterValidator(_secret_ref)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SSH(Model):
+    key_file: Path = Field(description="private key used to log in")
+    known_hosts: Path = Field(description="known_hosts holding the server's host key")
+
+
+class Lab(Model):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab1"
+    release: Literal["bookworm", "trixie"] = "bookworm"
+    address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.10")
+    state_dir: Path = Path("../.lab")
+
+    @model_validator(mode="after")
+    def _documentation_range(self):
+        if not any(self.address in n for n in LAB_NETS) or int(self.address) & 0xFF in (0, 1, 255):
+            raise ValueError(f"lab address {self.address} must be a host in 198.51.100.0/24 or "
+                             "203.0.113.0/24 other than .0, .1 and .255")
+        return self
+
+
+class Resolver(Model):
+    mode: Literal["recursive", "lab"] = "recursive"
+    extra_records: list[str] = Field(default_factory=list,
+                                     description="lab only: more local-data records")
+
+
+class Firewall(Model):
+    ssh_port: Port = 22
+    ssh_from: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="networks allowed to reach SSH; empty: anywhere")
+    open_tcp: list[Port] = Field(default_factory=lambda: [25, 465, 587, 993, 4190])
+
+
+class Params(Model):
+    target: Annotated[str, AfterValidator(_target)]
+    ssh: SSH | None = None
+    hostname: FQDN
+    mail_domains: list[FQDN] = Field(min_length=1)
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(min_length=1)
+    timezone: Annotated[str, AfterValidator(_tz)] = "Etc/UTC"
+    packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]] = Field(
+        default_factory=list, description="extra Debian packages for the base step")
+    resolver: Resolver = Resolver()
+    firewall: Firewall = Firewall()
+    secrets: dict[Annotated[str, Field(pattern=r"^[a-z_]+$")], SecretRef] = Field(
+        default_factory=dict)
+    lab: Lab | None = None
+    base_dir: Path = Field(default=Path("."), exclude=True,
+                           description="set by load_params: the file's directory")
+
+    @model_validator(mode="after")
+    def _ssh_needs_keys(self):
+        if self.target.startswith("ssh://") and self.ssh is None:
+            raise ValueError("target is ssh:// but no `ssh:` section names key_file and "
+                             "known_hosts")
+        return self
+
+    def path(self, p: Path | str) -> Path:
+        """A path from the file, resolved against the file's directory."""
+        return (self.base_dir / p).resolve()
+
+    @property
+    def short_hostname(self) -> str:
+        return self.hostname.split(".")[0]
+
+    def __repr__(self) -> str:
+        return f"Params(target={self.target!r}, hostname={self.hostname!r})"
+
+
+def parse_params(data, source: str = "<parameters>", base_dir: Path = Path(".")) -> Params:
+    if not isinstance(data, dict):
+        raise ParamsError(source, ["the file must be a YAML mapping of parameters"])
+    try:
+        return Params.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ParamsError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (allowed keys: see parameters/example.yaml)"
+    if err["type"] == "missing":
+        return f"{loc}: required but missing"
+    return f"{loc}: {msg} (got {err.get('input')!r})"
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a parameters file; raises :class:`ParamsError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ParamsError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_params(data, str(path), path.resolve().parent)

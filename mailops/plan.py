@@ -1,0 +1,234 @@
+"""Plan (read only) and apply (exactly what the plan listed).
+
+``plan`` reads the facts of every resource in one round trip and returns the
+changes.  ``apply`` makes them in the declared order, then validates the
+configuration of every service whose inputs changed; if any check fails,
+every file it wrote is put back as it was and nothing is reloaded.  Services
+are started, reloaded or restarted once, at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import html
+import time
+from collections import defaultdict
+from typing import Sequence
+
+from .host import HostError
+from .resources import Action, Change, File, Resource, Service
+from .resources.base import FactError
+
+
+class Status(str, enum.Enum):
+    NO_CHANGES = "no changes"
+    PLANNED = "planned"
+    APPLIED = "applied"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ValidationError(HostError):
+    """A service's config check failed; the previous files were restored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    step: str
+    host: str
+    resources: tuple[Resource, ...] = dataclasses.field(repr=False)
+    changes: tuple[Change, ...]
+    duration: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def status(self) -> Status:
+        return Status.NO_CHANGES if self.empty else Status.PLANNED
+
+    def table(self) -> list[dict]:
+        return [{"action": c.action.value, "target": c.target, "reason": c.reason,
+                 "diff": c.diff} for c in self.changes]
+
+    def __str__(self) -> str:
+        if self.empty:
+            return f"{self.step} on {self.host}: no changes ({len(self.resources)} resources)"
+        lines = [f"{self.step} on {self.host}: {len(self.changes)} change(s)"]
+        for c in self.changes:
+            lines.append(f"  {c.action.value:8} {c.target}: {c.reason}")
+            lines += [f"      {d}" for d in c.diff.splitlines()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return changes_html(f"{self.step}: plan on {self.host}", self.changes,
+                            len(self.resources))
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyResult:
+    step: str
+    host: str
+    status: Status
+    applied: tuple[Change, ...]
+    error: str | None = None
+    rolled_back: tuple[str, ...] = ()
+    duration: float = 0.0
+    pending: tuple[Change, ...] = ()      # a dry run's planned changes
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not Status.FAILED
+
+    def raise_for_status(self) -> None:
+        if not self.ok:
+            raise StepFailed(f"{self.step} failed on {self.host}: {self.error}")
+
+    def __str__(self) -> str:
+        head = f"{self.step} on {self.host}: {self.status}"
+        if self.status is Status.PLANNED:
+            head += f" (dry run: {len(self.pending)} change(s) not applied)"
+        if self.error:
+            head += f": {self.error}"
+        if self.rolled_back:
+            head += f" (restored: {', '.join(self.rolled_back)})"
+        return "\n".join([head] + [f"  {c.action.value:8} {c.target}" for c in self.applied])
+
+    def _repr_html_(self) -> str:
+        title = f"{self.step}: {self.status} on {self.host}"
+        if self.status is Status.PLANNED:
+            return (f"<p><b>{html.escape(title)}</b>: dry run, {len(self.pending)} change(s) "
+                    "planned and none applied; set <code>dry_run = False</code> to apply</p>")
+        extra = ""
+        if self.error:
+            extra += f"<p style='color:#b00'><b>error:</b> {html.escape(self.error)}</p>"
+        if self.rolled_back:
+            extra += f"<p>restored: {html.escape(', '.join(self.rolled_back))}</p>"
+        return changes_html(title, self.applied, None) + extra
+
+
+class StepFailed(Exception):
+    pass
+
+
+def read_facts(host, resources: Sequence[Resource]) -> dict[type, object]:
+    """Facts for every resource kind, in one round trip."""
+    by_kind: dict[type, list[Resource]] = defaultdict(list)
+    for r in resources:
+        by_kind[type(r)].append(r)
+    commands, spans = [], {}
+    for kind, items in by_kind.items():
+        cmds = kind.fact_commands(items)
+        spans[kind] = (len(commands), len(commands) + len(cmds))
+        commands += cmds
+    results = host.run_many(commands)
+    return {kind: kind.parse_facts(items, results[slice(*spans[kind])])
+            for kind, items in by_kind.items()}
+
+
+def plan(host, resources: Sequence[Resource], step: str = "step") -> Plan:
+    start = time.monotonic()
+    _check_unique(resources)
+    facts = read_facts(host, resources)
+    changes: list[Change] = []
+    for r in resources:
+        changes += r.compare(facts[type(r)])
+    changes += _service_reloads(resources, changes)
+    return Plan(step, host.url, tuple(resources), tuple(changes), time.monotonic() - start)
+
+
+def _check_unique(resources: Sequence[Resource]) -> None:
+    seen = set()
+    for r in resources:
+        if (r.kind, r.key) in seen:
+            raise ValueError(f"{r.label} is declared twice")
+        seen.add((r.kind, r.key))
+
+
+def _service_reloads(resources, changes) -> list[Change]:
+    """A running service whose files changed gets one reload (or restart)."""
+    changed: dict[str, list[str]] = defaultdict(list)
+    for c in changes:
+        if isinstance(c.resource, File):
+            for svc in c.resource.notify:
+                changed[svc].append(c.resource.path)
+    starting = {c.resource.name for c in changes if c.action is Action.START}
+    services = {r.name: r for r in resources if isinstance(r, Service)}
+    unknown = set(changed) - set(services)
+    if unknown:
+        raise ValueError(f"files notify undeclared services: {', '.join(sorted(unknown))}")
+    return [Change(services[name], Action.RELOAD if services[name].on_change == "reload"
+                   else Action.RESTART, "config changed: " + ", ".join(paths))
+            for name, paths in changed.items()
+            if name not in starting and services[name].running]
+
+
+def apply(host, plan: Plan) -> ApplyResult:
+    """Make the plan's changes; never raises for a failure on the host."""
+    start = time.monotonic()
+    done: list[Change] = []
+    svc_changes = [c for c in plan.changes if isinstance(c.resource, Service)]
+    try:
+        for c in plan.changes:
+            if not isinstance(c.resource, Service):
+                c.resource.apply(host, c)
+                done.append(c)
+        restored = _validate_or_restore(host, plan, done, svc_changes)
+        if restored is not None:
+            return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done),
+                               restored[0], restored[1], time.monotonic() - start)
+        for c in svc_changes:
+            c.resource.apply(host, c)
+            done.append(c)
+    except (HostError, FactError, OSError) as exc:
+        return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), str(exc),
+                           (), time.monotonic() - start)
+    status = Status.APPLIED if done else Status.NO_CHANGES
+    return ApplyResult(plan.step, host.url, status, tuple(done), None, (),
+                       time.monotonic() - start)
+
+
+def _validate_or_restore(host, plan, done, svc_changes):
+    """Run each affected service's check; on failure restore every written file."""
+    to_check = {c.resource.name: c.resource for c in svc_changes if c.resource.check}
+    for svc in to_check.values():
+        try:
+            svc.validate(host)
+        except HostError as exc:
+            restored = _restore_files(host, done)
+            return (f"validation of {svc.name} failed, nothing reloaded: {exc}",
+                    tuple(restored))
+    return None
+
+
+def _restore_files(host, done: list[Change]) -> list[str]:
+    restored = []
+    for c in reversed(done):
+        r = c.resource
+        if not isinstance(r, File):
+            continue
+        if c.before is None:
+            host.run(["rm", "-f", "--", r.path])
+        else:
+            mode, owner, group = c.before_attrs or (r.mode, r.owner, r.group)
+            host.write_file(r.path, c.before, mode=mode, owner=owner, group=group)
+        restored.append(r.path)
+    return restored
+
+
+def changes_html(title: str, changes: Sequence[Change], n_resources: int | None) -> str:
+    if not changes:
+        n = f" ({n_resources} resources checked)" if n_resources is not None else ""
+        return f"<p><b>{html.escape(title)}</b>: no changes{n}</p>"
+    rows = []
+    for c in changes:
+        diff = (f"<details><summary>diff</summary><pre>{html.escape(c.diff)}</pre></details>"
+                if c.diff else "")
+        rows.append(f"<tr><td>{c.action.value}</td><td><code>{html.escape(c.target)}</code></td>"
+                    f"<td>{html.escape(c.reason)}{diff}</td></tr>")
+    return (f"<p><b>{html.escape(title)}</b>: {len(changes)} change(s)</p>"
+            "<table><tr><th>action</th><th>target</th><th>reason</th></tr>"
+            + "".join(rows) + "</table>")

@@ -1,0 +1,7 @@
+from .base import Action, Change, FactError, Resource
+from .files import Directory, File, Link
+from .services import Service
+from .system import Group, Packages, User
+
+__all__ = ["Action", "Change", "Directory", "FactError", "File", "Group", "Link",
+           "Packages", "Resource", "Service", "User"]

@@ -1,0 +1,146 @@
+"""The runner: ``mailops provision`` takes the provisioning notebooks in order.
+
+Each step is first planned in this process (one connection for the whole run,
+one round trip per step).  A step with changes runs its notebook through
+papermill, which plans again, shows the diffs and applies them; the executed
+copy is kept in ``reports/runs/<UTC timestamp>/`` as the run's record.  A step
+with nothing to change needs no kernel: it is recorded in the summary only
+(``--notebooks all`` executes every notebook anyway).  The run stops at the
+first failing step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from .params import load_params
+from .plan import Status
+from .session import Session, record
+from .steps import STEPS, Step, get_step
+
+PROJECT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = PROJECT / "notebooks"
+REPORTS = PROJECT / "reports"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    step: str
+    status: str
+    changes: int
+    notebook: str | None
+    seconds: float
+    error: str | None = None
+    targets: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    params_file: str
+    target: str
+    apply: bool
+    steps: tuple[StepRecord, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != Status.FAILED.value for s in self.steps)
+
+    @property
+    def changes(self) -> int:
+        return sum(s.changes for s in self.steps)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "target": self.target, "params_file": self.params_file,
+                "apply": self.apply, "changes": self.changes, "seconds": round(self.seconds, 3),
+                "run_dir": str(self.run_dir),
+                "steps": [dataclasses.asdict(s) for s in self.steps]}
+
+    def __str__(self) -> str:
+        mode = "apply" if self.apply else "dry run"
+        lines = [f"mailops provision ({mode}) on {self.target}: "
+                 f"{'ok' if self.ok else 'FAILED'}, {self.changes} change(s), {self.seconds:.1f}s"]
+        for s in self.steps:
+            lines.append(f"  {s.step:14} {s.status:10} {s.changes:3} change(s)  {s.seconds:6.2f}s"
+                         + (f"  {s.notebook}" if s.notebook else ""))
+            if s.error:
+                lines.append(f"      error: {s.error}")
+        lines.append(f"reports: {self.run_dir}")
+        return "\n".join(lines)
+
+
+def provision(params_file: str | Path, *, apply: bool = False, only: list[str] | None = None,
+              notebooks: str = "changed", reports: Path = REPORTS,
+              log: Callable[[str], None] = print) -> RunSummary:
+    """Run the provisioning steps; parameters are validated before connecting."""
+    start = time.monotonic()
+    params_file = Path(params_file).resolve()
+    params = load_params(params_file)
+    steps = [get_step(n) for n in only] if only else list(STEPS)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    run_dir = reports / "runs" / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records: list[StepRecord] = []
+    with Session(params) as session:
+        for step in steps:
+            log(f"[{step.name}] {step.title} ...")
+            rec = _run_step(session, step, params_file, apply, notebooks, run_dir)
+            records.append(rec)
+            log(f"[{step.name}] {rec.status}, {rec.changes} change(s), {rec.seconds:.2f}s"
+                + (f": {rec.error}" if rec.error else ""))
+            if rec.status == Status.FAILED.value:
+                break
+    summary = RunSummary(run_dir, str(params_file), params.target, apply, tuple(records),
+                         time.monotonic() - start)
+    (run_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    return summary
+
+
+def _run_step(session: Session, step: Step, params_file: Path, apply: bool, notebooks: str,
+              run_dir: Path) -> StepRecord:
+    t0 = time.monotonic()
+    if notebooks == "changed":
+        try:
+            plan = session.plan(step.name)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the run stops
+            return StepRecord(step.name, Status.FAILED.value, 0, None,
+                              time.monotonic() - t0, f"{type(exc).__name__}: {exc}")
+        if plan.empty:
+            return StepRecord(step.name, Status.NO_CHANGES.value, 0, None, time.monotonic() - t0)
+    return _run_notebook(step, params_file, apply, run_dir, t0)
+
+
+def _run_notebook(step: Step, params_file: Path, apply: bool, run_dir: Path,
+                  t0: float) -> StepRecord:
+    import papermill
+
+    out = run_dir / step.notebook
+    rec_file = run_dir / f"{step.name}.json"
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / step.notebook), str(out), cwd=str(NOTEBOOKS),
+            parameters={"params_file": str(params_file), "dry_run": not apply,
+                        "record_file": str(rec_file)},
+            kernel_name="python3", progress_bar=False, log_output=False)
+    except Exception as exc:  # noqa: BLE001 - papermill wraps the cell's error
+        error = _cell_error(exc)
+    data = json.loads(rec_file.read_text()) if rec_file.exists() else {}
+    if error and not data.get("error"):
+        data["error"] = error
+    status = data.get("status", Status.FAILED.value)
+    if error:
+        status = Status.FAILED.value
+    return StepRecord(step.name, status, int(data.get("changes", 0)), out.name,
+                      time.monotonic() - t0, data.get("error"), tuple(data.get("targets", ())))
+
+
+def _cell_error(exc: Exception) -> str:
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    return f"{ename}: {evalue}".strip()

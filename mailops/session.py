@@ -1,0 +1,90 @@
+"""A session: validated parameters, one connection, the host's facts read once."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import plan as planning
+from .facts import HostInfo, read_host_info
+from .host import Host, connect
+from .params import Params, load_params
+from .plan import ApplyResult, Plan, Status
+from .steps import get_step
+
+
+class Session:
+    def __init__(self, params: Params, host: Host | None = None):
+        self.params = params
+        self._host = host
+        self._info: HostInfo | None = None
+
+    @property
+    def host(self) -> Host:
+        if self._host is None:
+            p = self.params
+            self._host = connect(p.target,
+                                 key_file=p.path(p.ssh.key_file) if p.ssh else None,
+                                 known_hosts=p.path(p.ssh.known_hosts) if p.ssh else None)
+        return self._host
+
+    @property
+    def info(self) -> HostInfo:
+        if self._info is None:
+            self._info = read_host_info(self.host)
+        return self._info
+
+    def resources(self, step: str) -> list:
+        s = get_step(step)
+        if s.declare is None:
+            return []
+        self.info.require_supported()
+        return s.declare(self.params, self.info)
+
+    def plan(self, step: str) -> Plan:
+        """Read the host and list what the step would change; changes nothing."""
+        name = get_step(step).name
+        return planning.plan(self.host, self.resources(name), step=name)
+
+    def apply(self, plan: Plan, dry_run: bool = False) -> ApplyResult:
+        """Make the plan's changes (or, with ``dry_run``, report them as planned)."""
+        if dry_run or plan.empty:
+            return ApplyResult(plan.step, plan.host, plan.status, (), pending=plan.changes)
+        result = planning.apply(self.host, plan)
+        self._info = None      # packages or hostname may have changed
+        return result
+
+    def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.params.target}>"
+
+
+def open_session(params_file: str | Path) -> Session:
+    """Validate the parameters file (before connecting) and open a session."""
+    return Session(load_params(params_file))
+
+
+def finish(result: ApplyResult, record_file: str | None = None) -> ApplyResult:
+    """The notebooks' last cell: write the run record, raise if the step failed."""
+    if record_file:
+        Path(record_file).write_text(json.dumps(record(result), indent=2))
+    result.raise_for_status()
+    return result
+
+
+def record(result: ApplyResult) -> dict:
+    changes = result.pending if result.status is Status.PLANNED else result.applied
+    return {"step": result.step, "host": result.host, "status": result.status.value,
+            "changes": len(changes),
+            "targets": [f"{c.action.value} {c.target}" for c in changes],
+            "error": result.error, "rolled_back": list(result.rolled_back),
+            "seconds": round(result.duration, 3)}

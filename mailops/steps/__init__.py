@@ -1,0 +1,36 @@
+"""The provisioning steps, in the order the runner takes them.
+
+A step declares resources from the validated parameters and the host's facts;
+its notebook (``notebooks/<name>.ipynb``) plans, shows and applies them.
+A step without ``declare`` only reads (00-connect).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from . import base
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    declare: Callable | None = None
+
+    @property
+    def notebook(self) -> str:
+        return f"{self.name}.ipynb"
+
+
+STEPS: tuple[Step, ...] = (
+    Step("00-connect", "connect and inspect the host"),
+    Step("10-base", "hostname, time zone, base packages, resolver, firewall", base.declare),
+)
+
+
+def get_step(name: str) -> Step:
+    for step in STEPS:
+        if name in (step.name, step.name.split("-", 1)[1]):
+            return step
+    raise KeyError(f"no step {name!r}; steps: {', '.join(s.name for s in STEPS)}")

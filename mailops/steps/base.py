@@ -1,0 +1,58 @@
+"""10-base: hostname, /etc/hosts, mailname, time zone, base packages, the
+server's own resolver (unbound) and the nftables firewall."""
+from __future__ import annotations
+
+import ipaddress
+
+from ..render import render
+from ..resources import File, Link, Packages, Resource, Service
+
+BASE_PACKAGES = ("ca-certificates", "netbase", "tzdata", "unbound", "nftables")
+NFT_CONF = "/etc/nftables.conf"
+
+
+def lab_dns(p) -> tuple[list[str], list[str]]:
+    """Zones and records the lab resolver answers: the mail domains, the
+    host's own domain and the reverse zones of its addresses."""
+    host_domain = p.hostname.split(".", 1)[1]
+    zones = sorted({host_domain, *p.mail_domains})
+    records = [f"{p.hostname}. 300 IN {'A' if a.version == 4 else 'AAAA'} {a}"
+               for a in p.addresses]
+    records += [f"{d}. 300 IN MX 10 {p.hostname}." for d in p.mail_domains]
+    for a in p.addresses:
+        rev = ipaddress.ip_address(a).reverse_pointer
+        zone = rev.split(".", 1)[1]
+        if zone not in zones:
+            zones.append(zone)
+        records.append(f"{rev}. 300 IN PTR {p.hostname}.")
+    records += p.resolver.extra_records
+    return zones, records
+
+
+def declare(p, info) -> list[Resource]:
+    lab = p.resolver.mode == "lab"
+    zones, records = lab_dns(p) if lab else ([], [])
+    return [
+        Packages(tuple(dict.fromkeys((*BASE_PACKAGES, *p.packages)))),
+        File("/etc/hostname", f"{p.hostname}\n", notify=("hostname",)),
+        File("/etc/hosts", render("etc/hosts.j2", p=p)),
+        File("/etc/mailname", f"{p.hostname}\n"),
+        File("/etc/timezone", f"{p.timezone}\n"),
+        Link("/etc/localtime", f"/usr/share/zoneinfo/{p.timezone}"),
+        File("/etc/unbound/unbound.conf",
+             render("etc/unbound/unbound.conf.j2", lab=lab, zones=zones, records=records),
+             notify=("unbound",)),
+        File("/etc/default/unbound", render("etc/default/unbound.j2", lab=lab),
+             notify=("unbound",)),
+        File("/etc/resolv.conf", "# managed by mailops: the local unbound\n"
+                                 "nameserver 127.0.0.1\noptions edns0 trust-ad\n"),
+        File(NFT_CONF, render("etc/nftables.conf.j2", fw=p.firewall), mode="0755",
+             notify=("nftables",)),
+        Service("hostname", probe=("sh", "-c", '[ "$(hostname)" = "$1" ]', "hostname_is",
+                                   p.hostname),
+                start=("hostname", p.hostname)),
+        Service("unbound", check=("unbound-checkconf",), on_change="restart"),
+        Service("nftables", check=("nft", "-c", "-f", NFT_CONF),
+                probe=("nft", "list", "table", "inet", "mailops"),
+                start=("nft", "-f", NFT_CONF)),
+    ]
