@@ -16,7 +16,8 @@ SUPPORTED = {("debian", "12"), ("debian", "13"), ("ubuntu", "24.04")}
 
 INFO_COMMANDS = [
     ["cat", "/etc/os-release"],
-    ["sh", "-c", "if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi"],
+    ["sh", "-c", "if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi",
+     "init_system"],
     ["uname", "-r"],
     ["df", "-Pk", "/"],
     ["cat", "/proc/meminfo"],

@@ -132,7 +132,7 @@ class Params(Model):
 
     def path(self, p: Path | str) -> Path:
         """A path from the file, resolved against the file's directory."""
-        return (self.base_dir / p).resolve()
+        return (self.base_dir / Path(p).expanduser()).resolve()
 
     @property
     def short_hostname(self) -> str:
