@@ -20,7 +20,7 @@ from .host import CommandError, LocalHost
 
 IMAGE_VERSION = 1
 CACHE_DIR = Path("/var/cache/mailops")
-PROXY_PORT = 3142
+PROXY_PORT = 3149          # not 3142: a system apt-cacher-ng may hold that one
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = "openssh-server,iproute2,procps,ca-certificates"
 

@@ -1,0 +1,62 @@
+"""Lab tests: real daemons in the lab host, reached over SSH like a real server."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailops import lab
+from mailops.params import load_params
+from mailops.session import Session
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_PARAMS = ROOT / "parameters" / "lab.yaml"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab_params():
+    return load_params(LAB_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def lab_spec(lab_params):
+    return lab.LabSpec.from_params(lab_params)
+
+
+@pytest.fixture(scope="session")
+def lab_up(lab_spec):
+    lab.up(lab_spec)
+    return lab_spec
+
+
+@pytest.fixture
+def session(lab_up, lab_params):
+    with Session(lab_params) as s:
+        yield s
+
+
+def mailops_cli(*args, check=True):
+    """The command a user types, in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "mailops.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ}, timeout=1800)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mailops {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def provision_json(*args) -> dict:
+    proc = mailops_cli("provision", "--json", *args, check=False)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON summary (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                             f"{proc.stderr[-3000:]}") from None
