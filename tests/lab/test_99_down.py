@@ -1,0 +1,23 @@
+"""`lab down` stops exactly what `up` started and leaves nothing behind."""
+import json
+
+from mailops import lab
+from mailops.host import LocalHost
+
+
+def test_lab_down_leaves_no_process_or_namespace(lab_up):
+    st = lab.status(lab_up)
+    assert st.up
+    state = json.loads(lab_up.state_file.read_text())
+    proxy = json.loads((lab_up.state_dir / f"apt-proxy-{lab_up.bridge}.json").read_text())
+    local = LocalHost()
+    inside = local.run(["ip", "netns", "pids", lab_up.netns]).out.split()
+    assert inside
+    lab.down(lab_up)
+    for pid in [state["ns"]["pid"], proxy["pid"], *map(int, inside)]:
+        assert lab._start_time(int(pid)) is None, f"pid {pid} survived"
+    assert lab_up.netns not in local.run(["ip", "netns", "list"]).out
+    assert not local.run(["ip", "link", "show", lab_up.veth], check=False).ok
+    assert not local.run(["ip", "link", "show", lab_up.bridge], check=False).ok
+    assert lab.status(lab_up).state == "down"
+    assert not any(f"{lab_up.rootfs}/" in line for line in open("/proc/mounts"))
