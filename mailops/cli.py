@@ -65,8 +65,8 @@ def _plan(args) -> int:
 
     steps = [get_step(n) for n in args.only] if args.only else [s for s in STEPS if s.declare]
     with open_session(args.params) as session:
-        for step in steps:
-            print(session.plan(step.name))
+        for plan in session.plan_many([s.name for s in steps]).values():
+            print(plan)
     return 0
 
 

@@ -93,10 +93,13 @@ class LabStatus:
 # -- processes -----------------------------------------------------------------
 
 def _start_time(pid: int) -> str | None:
+    """The process's start time (to tell it from a later one with its pid);
+    None when it is gone or a zombie."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _alive(record: dict | None) -> bool:

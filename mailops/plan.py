@@ -130,14 +130,25 @@ def read_facts(host, resources: Sequence[Resource]) -> dict[type, object]:
 
 
 def plan(host, resources: Sequence[Resource], step: str = "step") -> Plan:
+    return plan_many(host, {step: resources})[step]
+
+
+def plan_many(host, steps: dict[str, Sequence[Resource]]) -> dict[str, Plan]:
+    """Plans for several steps from one read of the host (one round trip)."""
     start = time.monotonic()
-    _check_unique(resources)
-    facts = read_facts(host, resources)
-    changes: list[Change] = []
-    for r in resources:
-        changes += r.compare(facts[type(r)])
-    changes += _service_reloads(resources, changes)
-    return Plan(step, host.url, tuple(resources), tuple(changes), time.monotonic() - start)
+    for resources in steps.values():
+        _check_unique(resources)
+    every = [r for resources in steps.values() for r in resources]
+    facts = read_facts(host, every)
+    plans = {}
+    for step, resources in steps.items():
+        changes: list[Change] = []
+        for r in resources:
+            changes += r.compare(facts[type(r)])
+        changes += _service_reloads(resources, changes)
+        plans[step] = Plan(step, host.url, tuple(resources), tuple(changes),
+                           time.monotonic() - start)
+    return plans
 
 
 def _check_unique(resources: Sequence[Resource]) -> None:

@@ -46,6 +46,7 @@ class RunSummary:
     apply: bool
     steps: tuple[StepRecord, ...]
     seconds: float
+    round_trips: int = 0      # the runner's own; notebooks open connections of their own
 
     @property
     def ok(self) -> bool:
@@ -58,6 +59,7 @@ class RunSummary:
     def to_json(self) -> dict:
         return {"ok": self.ok, "target": self.target, "params_file": self.params_file,
                 "apply": self.apply, "changes": self.changes, "seconds": round(self.seconds, 3),
+                "round_trips": self.round_trips,
                 "run_dir": str(self.run_dir),
                 "steps": [dataclasses.asdict(s) for s in self.steps]}
 
@@ -87,26 +89,39 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
     run_dir.mkdir(parents=True, exist_ok=True)
     records: list[StepRecord] = []
     with Session(params) as session:
+        # every step planned from one read of the host; valid until a step changes it
+        ahead = _plan_ahead(session, steps) if notebooks == "changed" else {}
         for step in steps:
             log(f"[{step.name}] {step.title} ...")
-            rec = _run_step(session, step, params_file, apply, notebooks, run_dir)
+            rec = _run_step(session, step, params_file, apply, notebooks, run_dir,
+                            ahead.get(step.name))
+            if rec.changes and apply:
+                ahead = {}
             records.append(rec)
             log(f"[{step.name}] {rec.status}, {rec.changes} change(s), {rec.seconds:.2f}s"
                 + (f": {rec.error}" if rec.error else ""))
             if rec.status == Status.FAILED.value:
                 break
+        trips = session._host.round_trips if session._host is not None else 0
     summary = RunSummary(run_dir, str(params_file), params.target, apply, tuple(records),
-                         time.monotonic() - start)
+                         time.monotonic() - start, trips)
     (run_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
     return summary
 
 
+def _plan_ahead(session: Session, steps: list[Step]) -> dict:
+    try:
+        return session.plan_many([s.name for s in steps])
+    except Exception:  # noqa: BLE001 - each step then plans (and reports) on its own
+        return {}
+
+
 def _run_step(session: Session, step: Step, params_file: Path, apply: bool, notebooks: str,
-              run_dir: Path) -> StepRecord:
+              run_dir: Path, plan=None) -> StepRecord:
     t0 = time.monotonic()
     if notebooks == "changed":
         try:
-            plan = session.plan(step.name)
+            plan = plan or session.plan(step.name)
         except Exception as exc:  # noqa: BLE001 - recorded, and the run stops
             return StepRecord(step.name, Status.FAILED.value, 0, None,
                               time.monotonic() - t0, f"{type(exc).__name__}: {exc}")

@@ -42,8 +42,12 @@ class Session:
 
     def plan(self, step: str) -> Plan:
         """Read the host and list what the step would change; changes nothing."""
-        name = get_step(step).name
-        return planning.plan(self.host, self.resources(name), step=name)
+        return self.plan_many([step])[get_step(step).name]
+
+    def plan_many(self, steps: list[str]) -> dict[str, Plan]:
+        """Plans for several steps from one read of the host."""
+        names = [get_step(s).name for s in steps]
+        return planning.plan_many(self.host, {n: self.resources(n) for n in names})
 
     def apply(self, plan: Plan, dry_run: bool = False) -> ApplyResult:
         """Make the plan's changes (or, with ``dry_run``, report them as planned)."""
