@@ -20,6 +20,9 @@ from .host import CommandError, LocalHost
 
 IMAGE_VERSION = 1
 CACHE_DIR = Path("/var/cache/mailops")
+# The bridge and its apt proxy serve every lab on the machine, whichever checkout
+# started them: their state is machine-wide, like the namespaces.
+RUN_DIR = Path("/run/mailops")
 PROXY_PORT = 3149          # not 3142: a system apt-cacher-ng may hold that one
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = "openssh-server,iproute2,procps,ca-certificates"
@@ -185,7 +188,8 @@ def down(spec: LabSpec, purge: bool = False, log=print) -> None:
     also removes the rootfs and keys."""
     local = LocalHost()
     _teardown(spec, local)
-    others = [p for p in spec.state_dir.glob("*/state.json") if p.parent != spec.dir]
+    others = [n for n in local.run(["ip", "netns", "list"]).out.split()
+              if n.startswith("mailops-") and n != spec.netns]
     if not others:
         _stop_proxy(spec, local)
         local.run(["ip", "link", "del", spec.bridge], check=False)
@@ -220,13 +224,13 @@ def _ensure_bridge(spec: LabSpec, local: LocalHost) -> None:
 
 
 def _proxy_file(spec: LabSpec) -> Path:
-    return spec.state_dir / f"apt-proxy-{spec.bridge}.json"
+    return RUN_DIR / f"apt-proxy-{spec.bridge}.json"
 
 
 def _ensure_proxy(spec: LabSpec, local: LocalHost, log) -> None:
     if _alive(_read_json(_proxy_file(spec))) and _listening(spec.gateway, PROXY_PORT):
         return
-    logdir = spec.state_dir / f"apt-proxy-{spec.bridge}"
+    logdir = RUN_DIR / f"apt-proxy-{spec.bridge}"
     logdir.mkdir(parents=True, exist_ok=True)
     cache = spec.cache_dir / "apt-cacher-ng"
     cache.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,20 @@ def _secret_ref(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+_LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
+
+
+def _address(value: str) -> str:
+    local, at, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
+    if not at or not _LOCAL.match(local) or ".." in local or not _FQDN.match(domain):
+        raise ValueError("must be a mail address local@domain in lower case; the local part "
+                         "takes a-z, 0-9 and . _ + - only (no quotes, %, spaces or other "
+                         "shell or SQL characters)")
+    return value
+
+
 FQDN = Annotated[str, AfterValidator(_fqdn)]
+Address = Annotated[str, AfterValidator(_address)]
 Port = Annotated[int, AfterValidator(_port)]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 
@@ -106,6 +119,53 @@ class Firewall(Model):
     open_tcp: list[Port] = Field(default_factory=lambda: [25, 465, 587, 993, 4190])
 
 
+class TLS(Model):
+    source: Literal["self-signed", "files"] = "self-signed"
+    ca_dir: Path = Field(Path("../.lab/ca"), description="self-signed: where the controller "
+                         "keeps the CA and the issued certificates")
+    rsa_cert: str | None = Field(None, description="files: certificate chain path on the server")
+    rsa_key: str | None = None
+    ec_cert: str | None = None
+    ec_key: str | None = None
+
+    @model_validator(mode="after")
+    def _files_complete(self):
+        paths = [self.rsa_cert, self.rsa_key, self.ec_cert, self.ec_key]
+        if self.source == "files":
+            missing = [n for n, v in zip(("rsa_cert", "rsa_key", "ec_cert", "ec_key"), paths)
+                       if not v or not v.startswith("/")]
+            if missing:
+                raise ValueError(f"source files needs absolute server paths for: "
+                                 f"{', '.join(missing)}")
+        return self
+
+
+class Mailbox(Model):
+    address: Address
+    password: SecretRef = Field(description="initial password, set when the mailbox is created")
+    quota_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 0   # 0: mail.default_quota_mb
+
+
+class Alias(Model):
+    source: Address
+    destinations: list[Address] = Field(min_length=1)
+
+
+class Mail(Model):
+    message_size_limit_mb: Annotated[int, Field(ge=1, le=1024)] = 50
+    default_quota_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 2048
+    password_scheme: Literal["auto", "SHA512-CRYPT", "BLF-CRYPT"] = "auto"
+    sha512_rounds: Annotated[int, Field(ge=5000, le=5_000_000)] = 5000
+    bcrypt_cost: Annotated[int, Field(ge=8, le=15)] = 10
+    outbound: Literal["direct", "lab"] = Field("direct", description="lab: outbound mail "
+                                               "never leaves the host; it is kept in "
+                                               "/var/spool/mailops/outbound")
+    postmaster: Address | None = None
+    mailboxes: list[Mailbox] = Field(default_factory=list)
+    aliases: list[Alias] = Field(default_factory=list)
+    catch_all: dict[FQDN, Address] = Field(default_factory=dict)
+
+
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
     ssh: SSH | None = None
@@ -119,6 +179,8 @@ class Params(Model):
     firewall: Firewall = Firewall()
     secrets: dict[Annotated[str, Field(pattern=r"^[a-z_]+$")], SecretRef] = Field(
         default_factory=dict)
+    tls: TLS = TLS()
+    mail: Mail = Mail()
     lab: Lab | None = None
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")
@@ -129,6 +191,37 @@ class Params(Model):
             raise ValueError("target is ssh:// but no `ssh:` section names key_file and "
                              "known_hosts")
         return self
+
+    @model_validator(mode="after")
+    def _mail_consistent(self):
+        domains = set(self.mail_domains)
+        problems = []
+        seen = set()
+        for i, mb in enumerate(self.mail.mailboxes):
+            if mb.address.split("@")[1] not in domains:
+                problems.append(f"mail.mailboxes.{i}.address {mb.address!r}: domain not in "
+                                "mail_domains")
+            if mb.address in seen:
+                problems.append(f"mail.mailboxes.{i}.address {mb.address!r}: declared twice")
+            seen.add(mb.address)
+        for i, al in enumerate(self.mail.aliases):
+            if al.source.split("@")[1] not in domains:
+                problems.append(f"mail.aliases.{i}.source {al.source!r}: domain not in "
+                                "mail_domains")
+            if al.source in seen:
+                problems.append(f"mail.aliases.{i}.source {al.source!r}: already a mailbox "
+                                "or an alias")
+            seen.add(al.source)
+        for d in self.mail.catch_all:
+            if d not in domains:
+                problems.append(f"mail.catch_all {d!r}: domain not in mail_domains")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def postmaster(self) -> str:
+        return self.mail.postmaster or f"postmaster@{self.mail_domains[0]}"
 
     def path(self, p: Path | str) -> Path:
         """A path from the file, resolved against the file's directory."""

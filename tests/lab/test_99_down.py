@@ -9,7 +9,7 @@ def test_lab_down_leaves_no_process_or_namespace(lab_up):
     st = lab.status(lab_up)
     assert st.up
     state = json.loads(lab_up.state_file.read_text())
-    proxy = json.loads((lab_up.state_dir / f"apt-proxy-{lab_up.bridge}.json").read_text())
+    proxy = json.loads((lab.RUN_DIR / f"apt-proxy-{lab_up.bridge}.json").read_text())
     local = LocalHost()
     inside = local.run(["ip", "netns", "pids", lab_up.netns]).out.split()
     assert inside
