@@ -241,7 +241,7 @@ class FakeHost(Host):
 def _name(argv) -> str:
     """A command's name: a helper script's $0, else the program."""
     argv = list(argv)
-    if len(argv) >= 4 and argv[0] == "sh" and argv[1] == "-c":
+    if len(argv) >= 4 and argv[0] in ("sh", "python3") and argv[1] == "-c":
         return argv[3]
     return argv[0]
 

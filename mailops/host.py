@@ -86,9 +86,9 @@ class CommandTimeout(CommandError):
 
 def display_command(argv: Sequence[str], limit: int = 240) -> str:
     """A command as a person reads it: shell-quoted, long scripts shortened."""
-    if len(argv) >= 4 and argv[0] == "sh" and argv[1] == "-c":
-        # our helper scripts: show their name ($0) and arguments, not the body
-        argv = ["sh:" + argv[3], *argv[4:]]
+    if len(argv) >= 4 and argv[0] in ("sh", "python3") and argv[1] == "-c":
+        # our helper scripts: show their name ($0, or python's argv[1]), not the body
+        argv = [f"{argv[0]}:{argv[3]}", *argv[4:]]
     text = shlex.join(argv)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -40,13 +40,18 @@ class LabSpec:
     state_dir: Path
     cache_dir: Path = CACHE_DIR
     mirror: str = MIRROR
+    secret_keys: tuple[str, ...] = ()   # keys the parameters read from <state_dir>/secrets.yaml
 
     @classmethod
     def from_params(cls, params) -> "LabSpec":
         if params.lab is None:
             raise LabError("these parameters have no `lab:` section")
         lab = params.lab
-        return cls(lab.name, lab.release, lab.address, params.path(lab.state_dir))
+        state_dir = params.path(lab.state_dir)
+        refs = [mb.password for mb in params.mail.mailboxes] + list(params.secrets.values())
+        keys = tuple(ref.split("#", 1)[1] for ref in refs if ref.startswith("file:") and "#" in ref
+                     and params.path(ref[5:].split("#", 1)[0]) == state_dir / "secrets.yaml")
+        return cls(lab.name, lab.release, lab.address, state_dir, secret_keys=keys)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -165,6 +170,7 @@ def up(spec: LabSpec, log=print) -> LabStatus:
     st = status(spec, local)
     if st.up:
         _ensure_proxy(spec, local, log)   # the proxy can die on its own
+        ensure_secrets(spec)
         log(f"{st} (already up)")
         return st
     if st.state == "half-dead":
@@ -175,6 +181,7 @@ def up(spec: LabSpec, log=print) -> LabStatus:
     _ensure_proxy(spec, local, log)
     _ensure_rootfs(spec, local, log)
     _ensure_keys(spec, local)
+    ensure_secrets(spec)
     _start(spec, local)
     st = status(spec, local)
     if not st.up:
@@ -303,6 +310,27 @@ def _build_image(spec: LabSpec, local: LocalHost, log) -> None:
               timeout=1800)
     tmp.rename(spec.image)
     local.run(["rm", "-rf", "--one-file-system", str(build)])
+
+
+def ensure_secrets(spec: LabSpec) -> None:
+    """Random lab passwords for every key the parameters read from
+    ``<state_dir>/secrets.yaml`` (mode 0600); existing ones are kept."""
+    import secrets as pysecrets
+
+    import yaml
+
+    path = spec.state_dir / "secrets.yaml"
+    data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    missing = [k for k in spec.secret_keys if k not in data]
+    if not missing and path.exists():
+        return
+    data.update({k: pysecrets.token_urlsafe(18) for k in missing})
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(yaml.safe_dump(data))
+    tmp.replace(path)
 
 
 def _ensure_keys(spec: LabSpec, local: LocalHost) -> None:

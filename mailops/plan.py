@@ -145,7 +145,7 @@ def plan_many(host, steps: dict[str, Sequence[Resource]]) -> dict[str, Plan]:
         changes: list[Change] = []
         for r in resources:
             changes += r.compare(facts[type(r)])
-        changes += _service_reloads(resources, changes)
+        changes += _service_reloads(resources, changes, facts.get(Service, {}))
         plans[step] = Plan(step, host.url, tuple(resources), tuple(changes),
                            time.monotonic() - start)
     return plans
@@ -159,8 +159,10 @@ def _check_unique(resources: Sequence[Resource]) -> None:
         seen.add((r.kind, r.key))
 
 
-def _service_reloads(resources, changes) -> list[Change]:
-    """A running service whose files changed gets one reload (or restart)."""
+def _service_reloads(resources, changes, service_facts) -> list[Change]:
+    """A running service whose files changed gets one reload (or restart).  A
+    service declared with ``running=None`` (another step owns it) is reloaded
+    only when it runs."""
     changed: dict[str, list[str]] = defaultdict(list)
     for c in changes:
         if isinstance(c.resource, File):
@@ -174,7 +176,8 @@ def _service_reloads(resources, changes) -> list[Change]:
     return [Change(services[name], Action.RELOAD if services[name].on_change == "reload"
                    else Action.RESTART, "config changed: " + ", ".join(paths))
             for name, paths in changed.items()
-            if name not in starting and services[name].running]
+            if name not in starting and (services[name].running or (
+                services[name].running is None and service_facts[name].active))]
 
 
 def apply(host, plan: Plan) -> ApplyResult:
@@ -194,6 +197,10 @@ def apply(host, plan: Plan) -> ApplyResult:
         for c in svc_changes:
             c.resource.apply(host, c)
             done.append(c)
+        failed = _smoke_or_restore(host, done, svc_changes)
+        if failed is not None:
+            return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), failed[0],
+                               failed[1], time.monotonic() - start)
     except (HostError, FactError, OSError) as exc:
         return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), str(exc),
                            (), time.monotonic() - start)
@@ -212,6 +219,24 @@ def _validate_or_restore(host, plan, done, svc_changes):
             restored = _restore_files(host, done)
             return (f"validation of {svc.name} failed, nothing reloaded: {exc}",
                     tuple(restored))
+    return None
+
+
+def _smoke_or_restore(host, done, svc_changes):
+    """After the reloads: each touched service's smoke test.  On a failure the
+    previous files come back and the services are reloaded with them."""
+    touched = {c.resource.name: c.resource for c in svc_changes
+               if c.action is not Action.ENABLE}
+    for svc in touched.values():
+        try:
+            svc.smoke(host)
+        except HostError as exc:
+            restored = _restore_files(host, done)
+            for other in touched.values():
+                if other.running is not False:
+                    other.apply(host, Change(other, Action.RESTART, "rollback"))
+            return (f"{svc.name} failed its check after the change; previous files "
+                    f"restored and services reloaded: {exc}", tuple(restored))
     return None
 
 

@@ -183,7 +183,9 @@ class Directory(_PathResource):
     def apply(self, host, change):
         host.run(["install", "-d", "-m", self.mode, "-o", self.owner, "-g", self.group,
                   self.path])
-        host.run(["chmod", self.mode, self.path])  # install -d leaves existing dirs' mode
+        # install -d leaves an existing directory's mode alone, and GNU chmod keeps a
+        # directory's setgid bit (inherited under /var/mail) unless given 5 digits
+        host.run(["chmod", "0" + self.mode.rjust(4, "0"), self.path])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,12 +68,13 @@ def parse_service_status(out: str) -> tuple[str, dict[str, ServiceFact]]:
 @dataclasses.dataclass(frozen=True)
 class Service(Resource):
     name: str
-    running: bool = True
+    running: bool | None = True       # None: leave as it is, but reload it when its inputs change
     enabled: bool = True
     check: tuple[str, ...] = ()       # validates the config; run before any (re)load
     on_change: str = "reload"         # or "restart"
     probe: tuple[str, ...] = ()       # custom "is it active" command (exit 0: yes)
     start: tuple[str, ...] = ()       # custom start/reload command, with probe
+    verify: tuple[str, ...] = ()      # smoke test after a (re)load; failing it rolls back
     kind: ClassVar[str] = "service"
 
     def __post_init__(self):
@@ -108,13 +109,17 @@ class Service(Resource):
         if self.running and not fact.active:
             changes.append(Change(self, Action.START,
                                   "not in effect" if self.probe else "not running"))
-        if self.enabled and fact.enabled is False:
+        if self.enabled and self.running is not None and fact.enabled is False:
             changes.append(Change(self, Action.ENABLE, "not enabled at boot"))
         return changes
 
     def validate(self, host) -> None:
         if self.check:
             host.run(list(self.check))
+
+    def smoke(self, host) -> None:
+        if self.verify:
+            host.run(list(self.verify), timeout=60)
 
     def apply(self, host, change):
         if self.start and change.action is not Action.ENABLE:

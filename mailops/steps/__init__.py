@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from . import base
+from . import base, dovecot, postfix, tls, usersdb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,12 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("00-connect", "connect and inspect the host"),
     Step("10-base", "hostname, time zone, base packages, resolver, firewall", base.declare),
+    Step("20-tls", "RSA and EC certificates for the mail host", tls.declare),
+    Step("30-users-db", "users database: domains, mailboxes, aliases, catch-alls",
+         usersdb.declare),
+    Step("40-dovecot", "dovecot: IMAPS, LMTP, SASL, ManageSieve, quota, sieve", dovecot.declare),
+    Step("50-postfix", "postfix: SMTP, submission, virtual domains, LMTP delivery",
+         postfix.declare),
 )
 
 

@@ -1,0 +1,91 @@
+"""40-dovecot: IMAPS, LMTP and SASL on TCP, ManageSieve, mdbox for virtual
+users, quota, sieve; the syntax of the host's dovecot (2.3 or 2.4), detected."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ..render import render
+from ..resources import Directory, File, Group, Packages, Resource, Service, User
+from ..resources.maildb import DB_PATH
+from .tls import tls_paths
+
+PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
+            "dovecot-managesieved", "dovecot-sqlite")
+SIEVE_BEFORE = "/etc/dovecot/sieve/before.d"
+# the distribution's dovecot, when it is not installed yet
+RELEASE_DOVECOT = {("debian", "12"): "2.3", ("ubuntu", "24.04"): "2.3", ("debian", "13"): "2.4"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Vmail:
+    uid_name: str = "vmail"
+    gid_name: str = "vmail"
+    home: str = "/var/mail/vhosts"
+
+
+def dovecot_series(info) -> str:
+    """'2.3' or '2.4': the installed dovecot's, else the release's."""
+    installed = info.packages.get("dovecot-core")
+    if installed:
+        m = re.match(r"^(?:\d+:)?(\d+\.\d+)", installed)
+        if m:
+            return m.group(1)
+    return RELEASE_DOVECOT.get((info.os_id, info.os_version), "2.3")
+
+
+def smoke_command(p) -> tuple[str, ...]:
+    """After a (re)load: a user lookup gives the right home, and LMTP accepts a
+    recipient (no message is delivered)."""
+    if not p.mail.mailboxes:
+        return ()
+    address = p.mail.mailboxes[0].address
+    local, domain = address.split("@")
+    return ("sh", "-c", SMOKE, "dovecot_smoke", address, f"{Vmail().home}/{domain}/{local}")
+
+
+SMOKE = r"""set -e
+home=$(doveadm user -f home "$1")
+[ "$home" = "$2" ] || { echo "doveadm user $1: home is '$home', expected '$2'" >&2; exit 1; }
+python3 - "$1" <<'PY'
+import smtplib, sys
+with smtplib.LMTP("127.0.0.1", 24, timeout=10) as c:
+    c.ehlo("mailops-smoke")
+    c.mail("<>")
+    code, msg = c.rcpt(sys.argv[1])
+    if code != 250:
+        sys.exit(f"LMTP RCPT {sys.argv[1]}: {code} {msg.decode()}")
+PY
+"""
+
+
+def declare(p, info) -> list[Resource]:
+    series = dovecot_series(info)
+    vmail = Vmail()
+    ctx = dict(p=p, tls=tls_paths(p), vmail=vmail, db_path=DB_PATH, sieve_before=SIEVE_BEFORE)
+    files = [File("/etc/dovecot/dovecot.conf",
+                  render(f"etc/dovecot/dovecot-{series}.conf.j2", **ctx), notify=("dovecot",))]
+    if series == "2.3":
+        files.append(File("/etc/dovecot/mailops-sql.conf.ext",
+                          render("etc/dovecot/mailops-sql.conf.ext.j2", **ctx),
+                          mode="0640", group="dovecot", notify=("dovecot",)))
+    check = ("doveconf", "-n") if series == "2.3" else ("sh", "-c", CHECK_24, "doveconf_check")
+    return [
+        Packages(PACKAGES),
+        Group(vmail.gid_name),
+        User(vmail.uid_name, vmail.gid_name, vmail.home),
+        Directory(vmail.home, mode="0750", owner=vmail.uid_name, group=vmail.gid_name),
+        Directory("/etc/dovecot/sieve"),
+        Directory(SIEVE_BEFORE),
+        *files,
+        Service("dovecot", check=check, on_change="reload", verify=smoke_command(p)),
+    ]
+
+
+# dovecot 2.4's `doveconf -n` accepts 2.3-style settings it then misreads: also
+# refuse the 2.3 variables and plugin syntax it would take literally
+CHECK_24 = r"""doveconf -n >/dev/null || exit 1
+if grep -nE '%[dnuLl]|\$mail_plugins|= *<' /etc/dovecot/dovecot.conf | grep -v ':log_timestamp' >&2; then
+  echo "dovecot.conf: 2.3 syntax in a 2.4 configuration (lines above)" >&2; exit 1
+fi
+"""

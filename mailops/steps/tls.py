@@ -1,0 +1,40 @@
+"""20-tls: an RSA and an EC certificate for the mail host name.
+
+``self-signed`` (the lab): issued by a CA the controller creates once, so
+clients verify the server instead of switching checks off.  ``files``: paths of
+existing certificates on the server (an ACME client's), used as they are.
+"""
+from __future__ import annotations
+
+from ..pki import ensure_issued
+from ..resources import Directory, File, Resource, Service
+
+TLS_DIR = "/etc/mailops/tls"
+# postfix and dovecot are configured by later steps; here they are only
+# reloaded, when they run, after a certificate changes
+USERS = (Service("postfix", running=None, check=("postfix", "check")),
+         Service("dovecot", running=None, check=("doveconf", "-n")))
+
+
+def tls_paths(p) -> dict[str, str]:
+    if p.tls.source == "files":
+        return {"rsa_cert": p.tls.rsa_cert, "rsa_key": p.tls.rsa_key,
+                "ec_cert": p.tls.ec_cert, "ec_key": p.tls.ec_key}
+    return {f"{kind}_{part}": f"{TLS_DIR}/{kind}.{ext}" for kind in ("rsa", "ec")
+            for part, ext in (("cert", "crt"), ("key", "key"))}
+
+
+def declare(p, info) -> list[Resource]:
+    res: list[Resource] = [Directory("/etc/mailops"), Directory(TLS_DIR, mode="0750")]
+    if p.tls.source == "self-signed":
+        issued = ensure_issued(p.path(p.tls.ca_dir), p.hostname, p.addresses)
+        paths = tls_paths(p)
+        notify = tuple(s.name for s in USERS)
+        res += [
+            File(paths["rsa_key"], issued.rsa_key, mode="0600", secret=True, notify=notify),
+            File(paths["rsa_cert"], issued.rsa_cert, notify=notify),
+            File(paths["ec_key"], issued.ec_key, mode="0600", secret=True, notify=notify),
+            File(paths["ec_cert"], issued.ec_cert, notify=notify),
+            File(f"{TLS_DIR}/ca.crt", issued.ca_cert),
+        ]
+    return res + list(USERS)
