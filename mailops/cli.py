@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     prov.add_argument("--only", action="append", help="a step (repeatable)")
     prov.add_argument("--notebooks", choices=["changed", "all"], default="changed",
                       help="execute notebooks only for steps with changes (default) or for all")
+    prov.add_argument("--verify", action="store_true",
+                      help="run 90-verify even when nothing changed (it runs after any change)")
     prov.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     args = ap.parse_args(argv)
@@ -64,6 +66,7 @@ def _plan(args) -> int:
     from .steps import STEPS, get_step
 
     steps = [get_step(n) for n in args.only] if args.only else [s for s in STEPS if s.declare]
+    steps = [s for s in steps if not s.checks]
     with open_session(args.params) as session:
         for plan in session.plan_many([s.name for s in steps]).values():
             print(plan)
@@ -74,7 +77,7 @@ def _provision(args) -> int:
     from .runner import provision
 
     summary = provision(args.params, apply=args.apply, only=args.only,
-                        notebooks=args.notebooks,
+                        notebooks=args.notebooks, verify=args.verify,
                         log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary)
     return 0 if summary.ok else 1

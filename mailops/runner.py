@@ -77,7 +77,7 @@ class RunSummary:
 
 
 def provision(params_file: str | Path, *, apply: bool = False, only: list[str] | None = None,
-              notebooks: str = "changed", reports: Path = REPORTS,
+              notebooks: str = "changed", verify: bool = False, reports: Path = REPORTS,
               log: Callable[[str], None] = print) -> RunSummary:
     """Run the provisioning steps; parameters are validated before connecting."""
     start = time.monotonic()
@@ -93,8 +93,17 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
         ahead = _plan_ahead(session, steps) if notebooks == "changed" else {}
         for step in steps:
             log(f"[{step.name}] {step.title} ...")
-            rec = _run_step(session, step, params_file, apply, notebooks, run_dir,
-                            ahead.get(step.name))
+            if step.checks:
+                changed = any(r.changes for r in records) and apply
+                if not (changed or verify or notebooks == "all"):
+                    records.append(StepRecord(step.name, "skipped", 0, None, 0.0,
+                                              None, ("nothing changed; --verify runs it",)))
+                    log(f"[{step.name}] skipped: nothing changed (--verify runs it anyway)")
+                    continue
+                rec = _run_notebook(step, params_file, apply, run_dir, time.monotonic())
+            else:
+                rec = _run_step(session, step, params_file, apply, notebooks, run_dir,
+                                ahead.get(step.name))
             if rec.changes and apply:
                 ahead = {}
             records.append(rec)
@@ -111,7 +120,7 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
 
 def _plan_ahead(session: Session, steps: list[Step]) -> dict:
     try:
-        return session.plan_many([s.name for s in steps])
+        return session.plan_many([s.name for s in steps if not s.checks])
     except Exception:  # noqa: BLE001 - each step then plans (and reports) on its own
         return {}
 

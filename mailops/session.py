@@ -77,10 +77,12 @@ def open_session(params_file: str | Path) -> Session:
     return Session(load_params(params_file))
 
 
-def finish(result: ApplyResult, record_file: str | None = None) -> ApplyResult:
-    """The notebooks' last cell: write the run record, raise if the step failed."""
+def finish(result, record_file: str | None = None):
+    """The notebooks' last cell: write the run record, raise if the step failed.
+    ``result`` is an ApplyResult or a verify CheckReport."""
     if record_file:
-        Path(record_file).write_text(json.dumps(record(result), indent=2))
+        data = result.record() if hasattr(result, "record") else record(result)
+        Path(record_file).write_text(json.dumps(data, indent=2))
     result.raise_for_status()
     return result
 

@@ -17,6 +17,7 @@ class Step:
     name: str
     title: str
     declare: Callable | None = None
+    checks: bool = False        # a verify step: checks from outside, changes nothing
 
     @property
     def notebook(self) -> str:
@@ -32,6 +33,7 @@ STEPS: tuple[Step, ...] = (
     Step("40-dovecot", "dovecot: IMAPS, LMTP, SASL, ManageSieve, quota, sieve", dovecot.declare),
     Step("50-postfix", "postfix: SMTP, submission, virtual domains, LMTP delivery",
          postfix.declare),
+    Step("90-verify", "the mail server checked from outside", checks=True),
 )
 
 

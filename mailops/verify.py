@@ -1,0 +1,295 @@
+"""90-verify: the mail server checked from outside, the way clients and other
+servers meet it.  Each check returns ok or failed with its evidence.
+
+Test messages carry an ``X-Mailops-Verify`` token; each is looked for over IMAPS
+in the mailbox it must reach (and, for the catch-all, must not reach) and
+deleted afterwards, so user data is left as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import imaplib
+import smtplib
+import socket
+import ssl
+import time
+import uuid
+from email.message import EmailMessage
+from typing import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .plan import StepFailed
+from .secrets import Secret, resolve
+
+RSA_CIPHERS = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
+EC_CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    evidence: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    target: str
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def raise_for_status(self) -> None:
+        if not self.ok:
+            raise StepFailed("verify failed: " + "; ".join(
+                f"{c.name}: {c.evidence}" for c in self.failed))
+
+    def record(self) -> dict:
+        return {"step": "90-verify", "host": self.target,
+                "status": "verified" if self.ok else "failed", "changes": 0,
+                "targets": [], "checks": [dataclasses.asdict(c) for c in self.checks],
+                "error": None if self.ok else f"{len(self.failed)} check(s) failed: "
+                + ", ".join(c.name for c in self.failed), "rolled_back": []}
+
+    def __str__(self) -> str:
+        return "\n".join([f"verify {self.target}: {'ok' if self.ok else 'FAILED'}"] + [
+            f"  {'ok    ' if c.ok else 'FAILED'} {c.name}: {c.evidence}" for c in self.checks])
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td style='color:{'#070' if c.ok else '#b00'}'>{'ok' if c.ok else 'failed'}</td>"
+            f"<td>{html.escape(c.name)}</td><td>{html.escape(c.evidence)}</td></tr>"
+            for c in self.checks)
+        return (f"<p><b>verify {html.escape(self.target)}</b>: "
+                f"{len(self.checks) - len(self.failed)} of {len(self.checks)} checks ok</p>"
+                f"<table><tr><th>result</th><th>check</th><th>evidence</th></tr>{rows}</table>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    address: str
+    hostname: str
+    cafile: str | None
+    passwords: dict[str, Secret] = dataclasses.field(repr=False)
+
+    def context(self, ciphers: str | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.cafile)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if ciphers:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(ciphers)
+        return ctx
+
+    def smtp(self, port: int, tls: str = "starttls") -> smtplib.SMTP:
+        if tls == "implicit":
+            s = smtplib.SMTP_SSL(self.address, port, timeout=15, local_hostname="verify.mailops",
+                                 context=self.context())
+            return s
+        s = smtplib.SMTP(self.address, port, timeout=15, local_hostname="verify.mailops")
+        s._host = self.hostname          # the name the certificate is checked against
+        if tls == "starttls":
+            s.starttls(context=self.context())
+        return s
+
+    def imap(self, user: str) -> imaplib.IMAP4_SSL:
+        m = imaplib.IMAP4_SSL(self.address, 993, ssl_context=self.context(), timeout=15)
+        m.login(user, self.passwords[user].reveal())
+        return m
+
+
+def target_from(params) -> Target:
+    cafile = str(params.path(params.tls.ca_dir) / "ca.crt") if params.tls.source == "self-signed" \
+        else None
+    return Target(str(params.addresses[0]), params.hostname, cafile,
+                  {mb.address: resolve(mb.password, params.base_dir) for mb in params.mail.mailboxes})
+
+
+def message(sender: str, to: str, token: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, f"mailops verify {token[:8]}"
+    msg["X-Mailops-Verify"] = token
+    msg.set_content("A test message from mailops' verify step; it deletes it again.\n")
+    return msg
+
+
+def find_and_delete(t: Target, user: str, token: str, wait: float = 15) -> bool:
+    """Whether the message with ``token`` reached ``user``'s INBOX (then deleted)."""
+    deadline = time.monotonic() + wait
+    with t.imap(user) as m:
+        while True:
+            m.select("INBOX")
+            _, data = m.uid("SEARCH", None, "HEADER", "X-Mailops-Verify", token)
+            uids = data[0].split()
+            if uids:
+                m.uid("STORE", b",".join(uids), "+FLAGS.SILENT", r"(\Deleted)")
+                m.expunge()
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.3)
+
+
+def _peer_key(sock) -> str:
+    cert = x509.load_der_x509_certificate(sock.getpeercert(binary_form=True))
+    key = cert.public_key()
+    kind = "RSA" if isinstance(key, rsa.RSAPublicKey) else (
+        "EC" if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__)
+    return f"{kind}, {cert.subject.rfc4514_string()}, {sock.version()}"
+
+
+def run_parallel(named: list[tuple[str, Callable[[], str]]], workers: int = 8) -> list[Check]:
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda nf: check(*nf), named))
+
+
+def check(name: str, fn: Callable[[], str]) -> Check:
+    try:
+        return Check(name, True, fn())
+    except AssertionError as exc:
+        return Check(name, False, str(exc))
+    except Exception as exc:  # noqa: BLE001 - every failure is evidence
+        return Check(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def run_checks(params) -> CheckReport:
+    t = target_from(params)
+    m = params.mail
+    mailboxes = [mb.address for mb in m.mailboxes]
+    if not mailboxes:
+        return CheckReport(t.address, (Check("mailboxes", False, "no mailboxes in the parameters"
+                                                                 ": nothing to verify with"),))
+    user = mailboxes[0]
+    todo: list[tuple[str, Callable[[], str]]] = []
+    add = lambda name, fn: todo.append((name, fn))  # noqa: E731
+
+    for port, mode in ((25, "starttls"), (465, "implicit"), (587, "starttls"), (993, "imaps")):
+        for kind, ciphers in (("RSA", RSA_CIPHERS), ("EC", EC_CIPHERS)):
+            add(f"tls {port} {kind}", lambda p=port, mo=mode, k=kind, c=ciphers: _tls(t, p, mo, k, c))
+
+    for domain in params.mail_domains:
+        rcpt = next((a for a in mailboxes if a.endswith("@" + domain)), None)
+        if rcpt:
+            add(f"inbound smtp 25 to {domain}", lambda r=rcpt: _deliver(t, 25, None, r, r))
+    add("submission 587 as user", lambda: _deliver(t, 587, user, user, user))
+    add("submission 465 as user", lambda: _deliver(t, 465, user, user, user, tls="implicit"))
+    for alias in m.aliases:
+        owner = next((d for d in alias.destinations if d in mailboxes), None)
+        if owner:
+            add(f"alias {alias.source}", lambda a=alias.source, o=owner: _deliver(t, 25, None, a, o))
+    for domain, dest in m.catch_all.items():
+        if dest in mailboxes:
+            add(f"catch-all {domain}",
+                lambda d=domain, o=dest: _deliver(t, 25, None, f"nobody-{uuid.uuid4().hex[:8]}@{d}", o))
+        real = next((a for a in mailboxes if a.endswith("@" + domain) and a != dest), None)
+        if real and dest in mailboxes:
+            add(f"catch-all does not hide {real}",
+                lambda r=real, o=dest: _deliver(t, 25, None, r, r, not_in=o))
+    add("plaintext imap 143 refused", lambda: _closed(t, 143))
+    add("auth before tls refused (587)", lambda: _auth_before_tls(t))
+    add("relay without auth refused", lambda: _relay_refused(t))
+    other = next((a for a in mailboxes if a != user), None) or f"someone-else@{params.mail_domains[0]}"
+    add("sending as someone else refused", lambda: _sender_mismatch(t, user, other))
+    checks = run_parallel(todo)
+    # wrong passwords last: dovecot then slows every login from this address
+    checks += run_parallel([("wrong password refused (imap)", lambda: _wrong_imap(t, user)),
+                            ("wrong password refused (587)", lambda: _wrong_smtp(t, user))])
+    return CheckReport(t.address, tuple(checks))
+
+
+def _tls(t: Target, port: int, mode: str, kind: str, ciphers: str) -> str:
+    ctx = t.context(ciphers)
+    if mode in ("implicit", "imaps"):
+        with socket.create_connection((t.address, port), 15) as raw, \
+                ctx.wrap_socket(raw, server_hostname=t.hostname) as s:
+            got = _peer_key(s)
+    else:
+        s = smtplib.SMTP(t.address, port, timeout=15, local_hostname="verify.mailops")
+        s._host = t.hostname
+        try:
+            s.starttls(context=ctx)
+            got = _peer_key(s.sock)
+        finally:
+            s.close()
+    assert got.startswith(kind + ","), f"asked for {kind}, got {got}"
+    return got
+
+
+def _deliver(t: Target, port: int, login: str | None, rcpt: str, mailbox: str,
+             tls: str = "starttls", not_in: str | None = None) -> str:
+    token = uuid.uuid4().hex
+    sender = login or f"verify@{t.hostname}"
+    with t.smtp(port, tls) as s:
+        if login:
+            s.login(login, t.passwords[login].reveal())
+        refused = s.send_message(message(sender, rcpt, token), sender, [rcpt])
+        assert not refused, f"refused: {refused}"
+    assert find_and_delete(t, mailbox, token), f"message to {rcpt} did not reach {mailbox}"
+    if not_in:
+        assert not find_and_delete(t, not_in, token, wait=0), f"message to {rcpt} also reached {not_in}"
+        return f"reached {mailbox}, not {not_in}"
+    return f"{rcpt} -> {mailbox} via port {port}"
+
+
+def _closed(t: Target, port: int) -> str:
+    try:
+        socket.create_connection((t.address, port), 5).close()
+    except (ConnectionRefusedError, socket.timeout, TimeoutError) as exc:
+        return f"port {port}: {type(exc).__name__}"
+    raise AssertionError(f"port {port} accepted a connection")
+
+
+def _auth_before_tls(t: Target) -> str:
+    with t.smtp(587, tls="none") as s:
+        s.ehlo()
+        assert not s.has_extn("auth"), f"AUTH offered before STARTTLS: {s.esmtp_features.get('auth')}"
+        code, msg = s.docmd("AUTH", "PLAIN AG5vYm9keQBub3RoaW5n")   # \0nobody\0nothing
+        assert code >= 500, f"AUTH before TLS answered {code} {msg!r}"
+        return f"not offered; AUTH answered {code} {msg.decode()[:60]}"
+
+
+def _relay_refused(t: Target) -> str:
+    with t.smtp(25) as s:
+        s.ehlo()
+        s.mail(f"verify@{t.hostname}")
+        code, msg = s.rcpt("someone@example.com")
+        assert code >= 500, f"relay to example.com answered {code} {msg!r}"
+        return f"{code} {msg.decode()[:80]}"
+
+
+def _wrong_imap(t: Target, user: str) -> str:
+    m = imaplib.IMAP4_SSL(t.address, 993, ssl_context=t.context(), timeout=15)
+    try:
+        m.login(user, "wrong-" + uuid.uuid4().hex)
+    except imaplib.IMAP4.error as exc:
+        return f"refused: {exc}"
+    finally:
+        m.shutdown()
+    raise AssertionError("a wrong password logged in")
+
+
+def _wrong_smtp(t: Target, user: str) -> str:
+    with t.smtp(587) as s:
+        s.ehlo()
+        code, msg = s.docmd("AUTH", "PLAIN " + __import__("base64").b64encode(
+            f"\0{user}\0wrong-{uuid.uuid4().hex}".encode()).decode())
+        assert code == 535, f"wrong password answered {code} {msg!r}"
+        return f"{code} {msg.decode()[:60]}"
+
+
+def _sender_mismatch(t: Target, user: str, other: str) -> str:
+    with t.smtp(587) as s:
+        s.login(user, t.passwords[user].reveal())
+        s.mail(other)
+        code, msg = s.rcpt(user)
+        assert code >= 500, f"sending as {other} answered {code} {msg!r}"
+        return f"{code} {msg.decode()[:80]}"
