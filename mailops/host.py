@@ -330,7 +330,11 @@ class SSHHost(Host):
     def _exec(self, argv, stdin, timeout):
         start = time.monotonic()
         transport = self.client.get_transport()
-        chan = transport.open_session(timeout=self.connect_timeout)
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - paramiko's, e.g. sshd's MaxSessions
+            raise HostError(f"{self.url}: cannot open a channel for "
+                            f"`{display_command(argv)}`: {exc!r}") from None
         chan.settimeout(timeout)
         chan.exec_command(quote(argv))
         errs: list[bytes] = []

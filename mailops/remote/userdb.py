@@ -115,6 +115,7 @@ OPS = {
     "set_alias": lambda a: [("DELETE FROM aliases WHERE source = ?", [a["source"]])] + [
         ("INSERT INTO aliases (source, destination) VALUES (?, ?)", [a["source"], d])
         for d in a["destinations"]],
+    "delete_alias": lambda a: [("DELETE FROM aliases WHERE source = ?", [a["source"]])],
     "set_catchall": lambda a: [(
         "INSERT INTO catchall (domain, destination) VALUES (?, ?) "
         "ON CONFLICT(domain) DO UPDATE SET destination = excluded.destination",

@@ -8,6 +8,7 @@ import re
 from ..render import render
 from ..resources import Directory, File, Group, Packages, Resource, Service, User
 from ..resources.maildb import DB_PATH
+from .checks import dovecot_check
 from .tls import tls_paths
 
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
@@ -69,7 +70,7 @@ def declare(p, info) -> list[Resource]:
         files.append(File("/etc/dovecot/mailops-sql.conf.ext",
                           render("etc/dovecot/mailops-sql.conf.ext.j2", **ctx),
                           mode="0640", group="dovecot", notify=("dovecot",)))
-    check = ("doveconf", "-n") if series == "2.3" else ("sh", "-c", CHECK_24, "doveconf_check")
+    check = dovecot_check(series)
     return [
         Packages(PACKAGES),
         Group(vmail.gid_name),
@@ -82,10 +83,3 @@ def declare(p, info) -> list[Resource]:
     ]
 
 
-# dovecot 2.4's `doveconf -n` accepts 2.3-style settings it then misreads: also
-# refuse the 2.3 variables and plugin syntax it would take literally
-CHECK_24 = r"""doveconf -n >/dev/null || exit 1
-if grep -nE '%[dnuLl]|\$mail_plugins|= *<' /etc/dovecot/dovecot.conf | grep -v ':log_timestamp' >&2; then
-  echo "dovecot.conf: 2.3 syntax in a 2.4 configuration (lines above)" >&2; exit 1
-fi
-"""

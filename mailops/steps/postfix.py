@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..render import render
 from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.maildb import DB_PATH
+from .checks import POSTFIX_CHECK
 from .tls import tls_paths
 
 PACKAGES = ("postfix", "postfix-sqlite")
@@ -33,5 +34,5 @@ def declare(p, info) -> list[Resource]:
                  notify=("postfix",)),
             File("/etc/postfix/master.cf", render("etc/postfix/master.cf.j2", **ctx),
                  notify=("postfix",)),
-            Service("postfix", check=("postfix", "check"), on_change="reload")]
+            Service("postfix", check=POSTFIX_CHECK, on_change="reload")]
     return res

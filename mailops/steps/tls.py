@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from ..pki import ensure_issued
 from ..resources import Directory, File, Resource, Service
+from .checks import POSTFIX_CHECK, dovecot_check
 
 TLS_DIR = "/etc/mailops/tls"
 # postfix and dovecot are configured by later steps; here they are only
 # reloaded, when they run, after a certificate changes
-USERS = (Service("postfix", running=None, check=("postfix", "check")),
-         Service("dovecot", running=None, check=("doveconf", "-n")))
+def users(info) -> tuple[Service, ...]:
+    from .dovecot import dovecot_series
+    return (Service("postfix", running=None, check=POSTFIX_CHECK),
+            Service("dovecot", running=None, check=dovecot_check(dovecot_series(info))))
 
 
 def tls_paths(p) -> dict[str, str]:
@@ -29,7 +32,7 @@ def declare(p, info) -> list[Resource]:
     if p.tls.source == "self-signed":
         issued = ensure_issued(p.path(p.tls.ca_dir), p.hostname, p.addresses)
         paths = tls_paths(p)
-        notify = tuple(s.name for s in USERS)
+        notify = ("postfix", "dovecot")
         res += [
             File(paths["rsa_key"], issued.rsa_key, mode="0600", secret=True, notify=notify),
             File(paths["rsa_cert"], issued.rsa_cert, notify=notify),
@@ -37,4 +40,4 @@ def declare(p, info) -> list[Resource]:
             File(paths["ec_cert"], issued.ec_cert, notify=notify),
             File(f"{TLS_DIR}/ca.crt", issued.ca_cert),
         ]
-    return res + list(USERS)
+    return res + list(users(info))

@@ -43,10 +43,10 @@ def session(lab_up, lab_params):
         yield s
 
 
-def mailops_cli(*args, check=True):
+def mailops_cli(*args, check=True, env=None):
     """The command a user types, in a subprocess."""
     proc = subprocess.run([sys.executable, "-m", "mailops.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ}, timeout=1800)
+                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=1800)
     if check and proc.returncode != 0:
         raise AssertionError(f"mailops {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -13,7 +13,10 @@ from mailops.session import Session
 def test_notebooks_apply_then_a_second_run_changes_nothing(lab_up):
     first = provision_json("--params", str(LAB_PARAMS), "--apply", "--notebooks", "all")
     assert first["ok"], first
-    assert [s["step"] for s in first["steps"]] == ["00-connect", "10-base"]
+    assert [s["step"] for s in first["steps"]] == ["00-connect", "10-base", "20-tls",
+                                                  "30-users-db", "40-dovecot", "50-postfix",
+                                                  "90-verify"]
+    assert first["steps"][-1]["status"] == "verified"
     run_dir = Path(first["run_dir"])
     for s in first["steps"]:
         nb = run_dir / s["notebook"]
@@ -23,12 +26,14 @@ def test_notebooks_apply_then_a_second_run_changes_nothing(lab_up):
     # every notebook again: each records zero changes
     again = provision_json("--params", str(LAB_PARAMS), "--apply", "--notebooks", "all")
     assert again["ok"] and again["changes"] == 0, again
-    assert {s["status"] for s in again["steps"]} == {"no changes"}
+    assert {s["status"] for s in again["steps"][:-1]} == {"no changes"}
+    assert again["steps"][-1]["status"] == "verified"
 
     # the default run plans in-process and needs no notebook at all
     fast = provision_json("--params", str(LAB_PARAMS), "--apply")
     assert fast["ok"] and fast["changes"] == 0
     assert all(s["notebook"] is None for s in fast["steps"])
+    assert fast["steps"][-1]["status"] == "skipped"
 
 
 def test_connect_notebook_shows_the_host(lab_up):
