@@ -1,8 +1,12 @@
-"""Debian 13 (trixie) works too: a second lab host, provisioned, then re-run."""
+"""Debian 13 (trixie): dovecot 2.4, postfix 3.10 — a second lab host, provisioned
+from nothing, verified from outside, re-run without changes, and a 2.3-style
+setting that `doveconf -n` would accept refused with the old config restored."""
+import shutil
+
 import pytest
 
-from conftest import ROOT, provision_json
-from mailops import lab
+from conftest import ROOT, mailops_cli, provision_json
+from mailops import lab, verify
 from mailops.host import LocalHost
 from mailops.params import load_params
 from mailops.session import Session
@@ -11,19 +15,44 @@ TRIXIE = ROOT / "parameters" / "lab-trixie.yaml"
 
 
 @pytest.mark.slow
-def test_trixie_lab_is_provisioned_and_idempotent(lab_up):
+def test_trixie_mail_server_from_nothing(lab_up, tmp_path):
     spec = lab.LabSpec.from_params(load_params(TRIXIE))
+    params = load_params(TRIXIE)
     try:
+        lab.down(spec, purge=True)
         assert lab.up(spec).up
         first = provision_json("--params", str(TRIXIE), "--apply")
         assert first["ok"], first
-        assert first["changes"] > 0
-        with Session(load_params(TRIXIE)) as s:
+        assert first["changes"] > 0 and first["steps"][-1]["status"] == "verified"
+        with Session(params) as s:
             assert (s.info.os_id, s.info.os_version) == ("debian", "13")
-            assert s.plan("10-base").empty
+            assert s.host.run(["dovecot", "--version"]).out.startswith("2.4")
             assert s.host.run(["hostname"]).out == "mx2.lab.test\n"
+        report = verify.run_checks(params)
+        assert report.ok, str(report)
         again = provision_json("--params", str(TRIXIE), "--apply", "--notebooks", "all")
         assert again["ok"] and again["changes"] == 0, again
+
+        # `doveconf -n` passes `%d`/`%n` on 2.4 (every user would share one home)
+        tdir = tmp_path / "templates"
+        shutil.copytree(ROOT / "templates", tdir)
+        conf = tdir / "etc/dovecot/dovecot-2.4.conf.j2"
+        conf.write_text(conf.read_text().replace(
+            "mail_home = {{ vmail.home }}/%{user | domain}/%{user | username}",
+            "mail_home = {{ vmail.home }}/%d/%n"))
+        with Session(params) as s:
+            before = s.host.read_file("/etc/dovecot/dovecot.conf")
+            s.host.run(["cp", "/etc/dovecot/dovecot.conf", "/tmp/probe.conf"])
+            s.host.run(["sed", "-i", "s|^mail_home = .*|mail_home = /var/mail/vhosts/%d/%n|",
+                        "/tmp/probe.conf"])
+            assert s.host.run(["doveconf", "-n", "-c", "/tmp/probe.conf"], check=False).ok
+        proc = mailops_cli("provision", "--params", str(TRIXIE), "--only", "40-dovecot",
+                           "--apply", check=False, env={"MAILOPS_TEMPLATES": str(tdir)})
+        assert proc.returncode == 1 and "2.3 syntax in a 2.4 configuration" in proc.stdout
+        with Session(params) as s:
+            assert s.host.read_file("/etc/dovecot/dovecot.conf") == before
+        assert "via port 25" in verify._deliver(verify.target_from(params), 25, None,
+                                                 "bob@example.test", "bob@example.test")
     finally:
         lab.down(spec, purge=True)
     # taking lab2 down leaves lab1 and the shared bridge and proxy alone
