@@ -33,14 +33,14 @@ class ParamsError(ValueError):
 
 
 def _fqdn(value: str) -> str:
-    if not isinstance(value, str) or not _FQDN.match(value):
+    if not isinstance(value, str) or not _FQDN.fullmatch(value):
         raise ValueError("must be a fully qualified domain name in lower case: labels of "
                          "a-z, 0-9 and '-' separated by dots, e.g. mx1.example.com")
     return value
 
 
 def _tz(value: str) -> str:
-    if not _TZ.match(value):
+    if not _TZ.fullmatch(value):
         raise ValueError("must be a tz database name such as UTC or Europe/Berlin")
     return value
 
@@ -52,7 +52,7 @@ def _port(value: int) -> int:
 
 
 def _target(value: str) -> str:
-    if value == "local://" or re.match(r"^ssh://[a-z_][a-z0-9_-]*@[A-Za-z0-9.:\[\]-]+(:\d+)?$",
+    if value == "local://" or re.fullmatch(r"^ssh://[a-z_][a-z0-9_-]*@[A-Za-z0-9.:\[\]-]+(:\d+)?$",
                                        value):
         return value
     raise ValueError("must be ssh://user@host[:port] or local://")
@@ -70,7 +70,7 @@ _LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
 
 def _address(value: str) -> str:
     local, at, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
-    if not at or not _LOCAL.match(local) or ".." in local or not _FQDN.match(domain):
+    if not at or not _LOCAL.fullmatch(local) or ".." in local or not _FQDN.fullmatch(domain):
         raise ValueError("must be a mail address local@domain in lower case; the local part "
                          "takes a-z, 0-9 and . _ + - only (no quotes, %, spaces or other "
                          "shell or SQL characters)")

@@ -44,14 +44,14 @@ class Secret:
 
 
 def check_ref(ref: str) -> str:
-    if not _REF.match(ref):
+    if not _REF.fullmatch(ref):
         raise SecretError(f"secret reference {ref!r} is not file:PATH, file:PATH#key or env:NAME")
     return ref
 
 
 def resolve(ref: str, base: Path) -> Secret:
     """Read the secret a reference names; relative paths resolve against ``base``."""
-    m = _REF.match(check_ref(ref))
+    m = _REF.fullmatch(check_ref(ref))
     if m.group("env"):
         value = os.environ.get(m.group("env"))
         if value is None:

@@ -65,12 +65,12 @@ def parse_stat_paths(paths: Sequence[str], out: str) -> dict[str, PathFact]:
 
 
 def _check_path(path: str) -> None:
-    if not _PATH.match(path) or "/../" in path + "/":
+    if not _PATH.fullmatch(path) or "/../" in path + "/":
         raise ValueError(f"path must be absolute and plain: {path!r}")
 
 
 def _check_mode(mode: str) -> None:
-    if not _MODE.match(mode):
+    if not _MODE.fullmatch(mode):
         raise ValueError(f"mode must be octal like 0644: {mode!r}")
 
 

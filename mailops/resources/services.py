@@ -78,7 +78,7 @@ class Service(Resource):
     kind: ClassVar[str] = "service"
 
     def __post_init__(self):
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"not a service name: {self.name!r}")
         if self.on_change not in ("reload", "restart"):
             raise ValueError(f"on_change must be reload or restart, not {self.on_change!r}")

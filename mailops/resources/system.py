@@ -46,7 +46,7 @@ class Packages(Resource):
 
     def __post_init__(self):
         for n in self.names:
-            if not _PKG.match(n):
+            if not _PKG.fullmatch(n):
                 raise ValueError(f"not a Debian package name: {n!r}")
 
     @property
@@ -86,7 +86,7 @@ class Group(Resource):
     kind: ClassVar[str] = "group"
 
     def __post_init__(self):
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"not a valid group name: {self.name!r}")
 
     @property
@@ -120,7 +120,7 @@ class User(Resource):
     kind: ClassVar[str] = "user"
 
     def __post_init__(self):
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"not a valid user name: {self.name!r}")
 
     @property

@@ -28,7 +28,8 @@ def test_missing_field(good):
 
 
 @pytest.mark.parametrize("bad", ["mx1", "MX1.Example.com", "mx_1.example.com", "-mx.example.com",
-                                 "mx1.example.com.", "a" * 64 + ".example.com", "mx1..example.com"])
+                                 "mx1.example.com.", "a" * 64 + ".example.com", "mx1..example.com",
+                                 "mx1.example.com\n"])
 def test_bad_hostname(good, bad):
     good["hostname"] = bad
     msg = errors(good)

@@ -175,6 +175,8 @@ def test_fake_host_refuses_unexpected_commands(fake):
 def test_bad_resource_values_are_refused():
     with pytest.raises(ValueError, match="absolute"):
         File("etc/relative", "x")
+    with pytest.raises(ValueError, match="absolute"):
+        File("/etc/x\n", "x")
     with pytest.raises(ValueError, match="octal"):
         File("/etc/x", "x", mode="rw-r--r--")
     with pytest.raises(ValueError, match="package name"):
