@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from mailops.params import load_params  # noqa: E402
 from mailops.resources import Directory, File, Group, Link, Packages, Service, User  # noqa: E402
+from mailops.resources.maildb import (DB_PATH, CatchAll, MailAlias, Mailbox,  # noqa: E402
+                                      MailDomain, UsersDatabase)
 from mailops.session import Session  # noqa: E402
 from mailops.steps import STEPS  # noqa: E402
 
@@ -69,6 +71,17 @@ def ansible_tasks(resources) -> list[dict]:
             tasks.append({"name": f"user {r.name}", "ansible.builtin.user": {
                 "name": r.name, "group": r.group, "home": r.home, "shell": r.shell,
                 "system": r.system, "create_home": False}})
+        elif isinstance(r, (UsersDatabase, MailDomain, Mailbox, MailAlias, CatchAll)):
+            # a row of the users database: one read-only query each, as ansible would
+            query = {UsersDatabase: "PRAGMA user_version",
+                     MailDomain: f"SELECT 1 FROM domains WHERE name = '{r.key}'",
+                     Mailbox: f"SELECT 1 FROM mailboxes WHERE address = '{r.key}'",
+                     MailAlias: f"SELECT 1 FROM aliases WHERE source = '{r.key}'",
+                     CatchAll: f"SELECT 1 FROM catchall WHERE domain = '{r.key[1:]}'"}[type(r)]
+            tasks.append({"name": f"{r.label}", "ansible.builtin.command": {
+                "argv": ["sqlite3", DB_PATH, query]}, "changed_when": False})
+        elif isinstance(r, Service) and r.running is None:
+            continue          # reloaded on change only: nothing to hold in a no-change run
         elif isinstance(r, Service) and r.probe:
             # the same live-state check mailops batches: probe, start only when off
             tasks.append({"name": f"probe {r.name}", "ansible.builtin.command": {
@@ -85,7 +98,12 @@ def ansible_tasks(resources) -> list[dict]:
 
 
 def write_playbook(session: Session) -> tuple[Path, Path, int]:
-    resources = [r for s in STEPS if s.declare for r in session.resources(s.name)]
+    seen, resources = set(), []
+    for step in STEPS:
+        for r in session.resources(step.name) if step.declare else []:
+            if (r.kind, r.key) not in seen:     # a service several steps declare: once
+                seen.add((r.kind, r.key))
+                resources.append(r)
     WORK.mkdir(parents=True, exist_ok=True)
     p, spec = session.params, session.params.lab
     playbook = WORK / "noop.yml"
