@@ -36,7 +36,7 @@ def pct(values, q):
 
 def login_once(t, user) -> tuple[float, float]:
     t0 = time.perf_counter()
-    m = imaplib.IMAP4_SSL(t.address, 993, ssl_context=t.context(), timeout=15)
+    m = t.imap_connect()
     t1 = time.perf_counter()
     m.login(user, t.passwords[user].reveal())
     t2 = time.perf_counter()

@@ -7,6 +7,7 @@ deleted afterwards, so user data is left as it was.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
 import imaplib
@@ -74,6 +75,28 @@ class CheckReport:
                 f"<table><tr><th>result</th><th>check</th><th>evidence</th></tr>{rows}</table>")
 
 
+class _SMTPS(smtplib.SMTP_SSL):
+    """Implicit TLS to an address, the certificate checked against a name."""
+
+    def __init__(self, address, port, server_hostname, **kw):
+        self._server_hostname = server_hostname
+        super().__init__(address, port, **kw)
+
+    def _get_socket(self, host, port, timeout):
+        sock = socket.create_connection((host, port), timeout)
+        return self.context.wrap_socket(sock, server_hostname=self._server_hostname)
+
+
+class _IMAPS(imaplib.IMAP4_SSL):
+    def __init__(self, address, port, server_hostname, **kw):
+        self._server_hostname = server_hostname
+        super().__init__(address, port, **kw)
+
+    def _create_socket(self, timeout):
+        sock = imaplib.IMAP4._create_socket(self, timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self._server_hostname)
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     address: str
@@ -91,9 +114,8 @@ class Target:
 
     def smtp(self, port: int, tls: str = "starttls") -> smtplib.SMTP:
         if tls == "implicit":
-            s = smtplib.SMTP_SSL(self.address, port, timeout=15, local_hostname="verify.mailops",
-                                 context=self.context())
-            return s
+            return _SMTPS(self.address, port, self.hostname, timeout=15,
+                          local_hostname="verify.mailops", context=self.context())
         s = smtplib.SMTP(self.address, port, timeout=15, local_hostname="verify.mailops")
         s._host = self.hostname          # the name the certificate is checked against
         if tls == "starttls":
@@ -101,9 +123,12 @@ class Target:
         return s
 
     def imap(self, user: str) -> imaplib.IMAP4_SSL:
-        m = imaplib.IMAP4_SSL(self.address, 993, ssl_context=self.context(), timeout=15)
+        m = self.imap_connect()
         m.login(user, self.passwords[user].reveal())
         return m
+
+    def imap_connect(self) -> imaplib.IMAP4_SSL:
+        return _IMAPS(self.address, 993, self.hostname, ssl_context=self.context(), timeout=15)
 
 
 def target_from(params) -> Target:
@@ -267,7 +292,7 @@ def _relay_refused(t: Target) -> str:
 
 
 def _wrong_imap(t: Target, user: str) -> str:
-    m = imaplib.IMAP4_SSL(t.address, 993, ssl_context=t.context(), timeout=15)
+    m = t.imap_connect()
     try:
         m.login(user, "wrong-" + uuid.uuid4().hex)
     except imaplib.IMAP4.error as exc:
@@ -280,7 +305,7 @@ def _wrong_imap(t: Target, user: str) -> str:
 def _wrong_smtp(t: Target, user: str) -> str:
     with t.smtp(587) as s:
         s.ehlo()
-        code, msg = s.docmd("AUTH", "PLAIN " + __import__("base64").b64encode(
+        code, msg = s.docmd("AUTH", "PLAIN " + base64.b64encode(
             f"\0{user}\0wrong-{uuid.uuid4().hex}".encode()).decode())
         assert code == 535, f"wrong password answered {code} {msg!r}"
         return f"{code} {msg.decode()[:60]}"

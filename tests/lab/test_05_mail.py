@@ -174,3 +174,40 @@ def test_initial_password_is_not_reset_by_provisioning(provisioned):
         finally:
             set_password(s, "bob@example.test", resolve("file:../.lab/secrets.yaml#bob",
                                                          LAB_PARAMS.parent))
+
+
+def test_clients_check_the_certificate_against_the_host_name(provisioned):
+    """verify connects to the address but checks the name: a wrong name fails
+    on every path (STARTTLS, implicit TLS, IMAPS)."""
+    import dataclasses
+    import ssl
+
+    wrong = dataclasses.replace(verify.target_from(provisioned), hostname="other.lab.test")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        wrong.imap_connect()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        wrong.smtp(465, tls="implicit")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        wrong.smtp(587)
+
+
+def test_lab_outbound_mail_stays_on_the_host(provisioned):
+    """Mail for another domain, submitted by a user, is kept in the lab's
+    outbound spool instead of leaving."""
+    t = verify.target_from(provisioned)
+    token = uuid.uuid4().hex
+    with t.smtp(587) as s:
+        s.login("alice@lab.test", t.passwords["alice@lab.test"].reveal())
+        assert not s.send_message(verify.message("alice@lab.test", "someone@example.com", token),
+                                  "alice@lab.test", ["someone@example.com"])
+    with Session(provisioned) as s:
+        for _ in range(50):
+            found = s.host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
+                               check=False).out.split()
+            if found:
+                break
+            time.sleep(0.2)
+        assert len(found) == 1
+        kept = s.host.read_file(found[0])
+        assert b"X-Lab-Envelope-To: someone@example.com" in kept
+        s.host.run(["rm", "-f", found[0]])
