@@ -190,7 +190,7 @@ def apply(host, plan: Plan) -> ApplyResult:
             if not isinstance(c.resource, Service):
                 c.resource.apply(host, c)
                 done.append(c)
-        restored = _validate_or_restore(host, plan, done, svc_changes)
+        restored = _validate_or_restore(host, done, svc_changes)
         if restored is not None:
             return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done),
                                restored[0], restored[1], time.monotonic() - start)
@@ -202,14 +202,19 @@ def apply(host, plan: Plan) -> ApplyResult:
             return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), failed[0],
                                failed[1], time.monotonic() - start)
     except (HostError, FactError, OSError) as exc:
+        # a failure halfway: put back the files written so far (best effort)
+        try:
+            restored = tuple(_restore_files(host, done))
+        except (HostError, OSError) as again:
+            restored, exc = (), f"{exc}; restoring the previous files failed too: {again}"
         return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), str(exc),
-                           (), time.monotonic() - start)
+                           restored, time.monotonic() - start)
     status = Status.APPLIED if done else Status.NO_CHANGES
     return ApplyResult(plan.step, host.url, status, tuple(done), None, (),
                        time.monotonic() - start)
 
 
-def _validate_or_restore(host, plan, done, svc_changes):
+def _validate_or_restore(host, done, svc_changes):
     """Run each affected service's check; on failure restore every written file."""
     to_check = {c.resource.name: c.resource for c in svc_changes if c.resource.check}
     for svc in to_check.values():

@@ -136,6 +136,23 @@ def test_write_failure_midway_is_reported_and_later_changes_not_made(fake):
     assert result.status is Status.FAILED
     assert "No space left" in result.error and "write_file /etc/b.conf" in result.error
     assert "/etc/c.conf" not in fake.files
+    assert "/etc/a.conf" not in fake.files and result.rolled_back == ("/etc/a.conf",)
+
+
+def test_failed_smoke_test_after_reload_restores_and_reloads_again(fake):
+    """The config passes its check but the service misbehaves after the reload."""
+    fake.files["/etc/x.conf"] = FakeFile(b"good\n")
+    fake.service_scripts.add("x")
+    fake.services["x"] = {"active": True, "enabled": True}
+    fake.checks["unbound-checkconf"] = (
+        lambda f: "lookup gave the wrong home" if f.files["/etc/x.conf"].content == b"bad\n" else "")
+    res = [File("/etc/x.conf", "bad\n", notify=("x",)),
+           Service("x", verify=("unbound-checkconf",))]
+    result = apply(fake, plan(fake, res))
+    assert result.status is Status.FAILED and "failed its check after the change" in result.error
+    assert "wrong home" in result.error and result.rolled_back == ("/etc/x.conf",)
+    assert fake.files["/etc/x.conf"].content == b"good\n"
+    assert fake.services["x"]["reloads"] == 2          # the change, then the rollback
 
 
 def test_mode_owner_only_change_has_reason_and_no_diff(fake):
