@@ -49,6 +49,7 @@ class LabSpec:
         lab = params.lab
         state_dir = params.path(lab.state_dir)
         refs = [mb.password for mb in params.mail.mailboxes] + list(params.secrets.values())
+        refs += [params.rspamd.controller_password] if params.rspamd.controller_password else []
         keys = tuple(ref.split("#", 1)[1] for ref in refs if ref.startswith("file:") and "#" in ref
                      and params.path(ref[5:].split("#", 1)[0]) == state_dir / "secrets.yaml")
         return cls(lab.name, lab.release, lab.address, state_dir, secret_keys=keys)

@@ -169,6 +169,27 @@ class Mail(Model):
     catch_all: dict[FQDN, Address] = Field(default_factory=dict)
 
 
+class Rspamd(Model):
+    enabled: bool = True
+    reject: Annotated[float, Field(gt=0)] = 15.0        # reject at SMTP time (554)
+    add_header: Annotated[float, Field(gt=0)] = 6.0     # X-Spam: Yes (the global sieve files it)
+    greylist: Annotated[float, Field(gt=0)] = 4.0
+    history_rows: Annotated[int, Field(ge=200, le=1_000_000)] = 5000
+    # when rspamd does not answer: tempfail (senders retry; nothing passes unscanned) or accept
+    milter_default_action: Literal["tempfail", "accept"] = "tempfail"
+    controller_password: SecretRef | None = Field(
+        None, description="set when the controller has none; stored hashed")
+    dkim_selector: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "mail"
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.greylist <= self.add_header <= self.reject:
+            raise ValueError("thresholds must be ordered greylist <= add_header <= reject")
+        if self.enabled and self.controller_password is None:
+            raise ValueError("controller_password is required (a secret reference)")
+        return self
+
+
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
     ssh: SSH | None = None
@@ -184,6 +205,7 @@ class Params(Model):
         default_factory=dict)
     tls: TLS = TLS()
     mail: Mail = Mail()
+    rspamd: Rspamd = Rspamd(enabled=False)
     lab: Lab | None = None
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")

@@ -165,9 +165,8 @@ def _service_reloads(resources, changes, service_facts) -> list[Change]:
     only when it runs."""
     changed: dict[str, list[str]] = defaultdict(list)
     for c in changes:
-        if isinstance(c.resource, File):
-            for svc in c.resource.notify:
-                changed[svc].append(c.resource.path)
+        for svc in getattr(c.resource, "notify", ()):
+            changed[svc].append(c.resource.key)
     starting = {c.resource.name for c in changes if c.action is Action.START}
     services = {r.name: r for r in resources if isinstance(r, Service)}
     unknown = set(changed) - set(services)

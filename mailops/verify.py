@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 import uuid
+import email.utils
 from email.message import EmailMessage
 from typing import Callable
 
@@ -103,6 +104,7 @@ class Target:
     hostname: str
     cafile: str | None
     passwords: dict[str, Secret] = dataclasses.field(repr=False)
+    helo: str = "verify.mailops"      # the name this client gives in EHLO
 
     def context(self, ciphers: str | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.cafile)
@@ -115,8 +117,8 @@ class Target:
     def smtp(self, port: int, tls: str = "starttls") -> smtplib.SMTP:
         if tls == "implicit":
             return _SMTPS(self.address, port, self.hostname, timeout=15,
-                          local_hostname="verify.mailops", context=self.context())
-        s = smtplib.SMTP(self.address, port, timeout=15, local_hostname="verify.mailops")
+                          local_hostname=self.helo, context=self.context())
+        s = smtplib.SMTP(self.address, port, timeout=15, local_hostname=self.helo)
         s._host = self.hostname          # the name the certificate is checked against
         if tls == "starttls":
             s.starttls(context=self.context())
@@ -134,13 +136,18 @@ class Target:
 def target_from(params) -> Target:
     cafile = str(params.path(params.tls.ca_dir) / "ca.crt") if params.tls.source == "self-signed" \
         else None
+    from .steps.base import lab_gateway_name
+    helo = lab_gateway_name(params) if params.lab is not None else socket.getfqdn()
     return Target(str(params.addresses[0]), params.hostname, cafile,
-                  {mb.address: resolve(mb.password, params.base_dir) for mb in params.mail.mailboxes})
+                  {mb.address: resolve(mb.password, params.base_dir) for mb in params.mail.mailboxes},
+                  helo)
 
 
 def message(sender: str, to: str, token: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, f"mailops verify {token[:8]}"
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(domain=sender.split("@")[1])
     msg["X-Mailops-Verify"] = token
     msg.set_content("A test message from mailops' verify step; it deletes it again.\n")
     return msg
@@ -224,6 +231,8 @@ def run_checks(params) -> CheckReport:
     add("relay without auth refused", lambda: _relay_refused(t))
     other = next((a for a in mailboxes if a != user), None) or f"someone-else@{params.mail_domains[0]}"
     add("sending as someone else refused", lambda: _sender_mismatch(t, user, other))
+    if params.rspamd.enabled and mailboxes:
+        add("spam (GTUBE) refused at SMTP time", lambda: _gtube_refused(t, mailboxes[0]))
     checks = run_parallel(todo)
     # wrong passwords last: dovecot then slows every login from this address
     checks += run_parallel([("wrong password refused (imap)", lambda: _wrong_imap(t, user)),
@@ -238,7 +247,7 @@ def _tls(t: Target, port: int, mode: str, kind: str, ciphers: str) -> str:
                 ctx.wrap_socket(raw, server_hostname=t.hostname) as s:
             got = _peer_key(s)
     else:
-        s = smtplib.SMTP(t.address, port, timeout=15, local_hostname="verify.mailops")
+        s = smtplib.SMTP(t.address, port, timeout=15, local_hostname=t.helo)
         s._host = t.hostname
         try:
             s.starttls(context=ctx)
@@ -318,3 +327,18 @@ def _sender_mismatch(t: Target, user: str, other: str) -> str:
         code, msg = s.rcpt(user)
         assert code >= 500, f"sending as {other} answered {code} {msg!r}"
         return f"{code} {msg.decode()[:80]}"
+
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def _gtube_refused(t: Target, rcpt: str) -> str:
+    msg = message(f"verify@{t.hostname}", rcpt, uuid.uuid4().hex)
+    msg.set_content(GTUBE + "\n")
+    with t.smtp(25) as s:
+        try:
+            s.send_message(msg, f"verify@{t.hostname}", [rcpt])
+        except smtplib.SMTPDataError as exc:
+            assert exc.smtp_code == 554, f"GTUBE answered {exc.smtp_code} {exc.smtp_error!r}"
+            return f"{exc.smtp_code} {exc.smtp_error.decode()[:60]}"
+    raise AssertionError("GTUBE was accepted")

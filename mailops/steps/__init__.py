@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from . import base, dovecot, postfix, tls, usersdb
+from . import base, dovecot, postfix, rspamd, tls, usersdb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ STEPS: tuple[Step, ...] = (
     Step("40-dovecot", "dovecot: IMAPS, LMTP, SASL, ManageSieve, quota, sieve", dovecot.declare),
     Step("50-postfix", "postfix: SMTP, submission, virtual domains, LMTP delivery",
          postfix.declare),
+    Step("60-rspamd", "rspamd milter with redis, DKIM signing, controller", rspamd.declare),
     Step("90-verify", "the mail server checked from outside", checks=True),
 )
 

@@ -25,8 +25,21 @@ def lab_dns(p) -> tuple[list[str], list[str]]:
         if zone not in zones:
             zones.append(zone)
         records.append(f"{rev}. 300 IN PTR {p.hostname}.")
+    if p.lab is not None:
+        # the lab's gateway (this machine, where tests and verify connect from) gets
+        # forward and reverse names, and the domains an SPF record for the lab
+        # network, as a real sending host would have
+        gw = ipaddress.ip_network(f"{p.lab.address}/24", strict=False).network_address + 1
+        gw_name = lab_gateway_name(p)
+        records += [f"{gw_name}. 300 IN A {gw}", f"{gw.reverse_pointer}. 300 IN PTR {gw_name}."]
+        spf = f'"v=spf1 ip4:{ipaddress.ip_network(f"{p.lab.address}/24", strict=False)} -all"'
+        records += [f"{name}. 300 IN TXT {spf}" for name in [p.hostname, *p.mail_domains]]
     records += p.resolver.extra_records
     return zones, records
+
+
+def lab_gateway_name(p) -> str:
+    return f"gw.{p.hostname.split('.', 1)[1]}"
 
 
 def declare(p, info) -> list[Resource]:

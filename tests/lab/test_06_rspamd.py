@@ -1,0 +1,141 @@
+"""rspamd on the lab host: GTUBE refused at SMTP time, add_header marks X-Spam,
+DKIM signatures verified independently, the controller behind a hashed
+password on loopback, and postfix's documented behaviour while rspamd is down."""
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import dkim
+import pytest
+
+from conftest import LAB_PARAMS, provision_json
+from mailops import verify
+from mailops.params import load_params
+from mailops.resources.rspamd import PASSWORD_FILE, dkim_record
+from mailops.secrets import resolve
+from mailops.session import Session
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+@pytest.fixture(scope="module")
+def params(lab_up):
+    res = provision_json("--params", str(LAB_PARAMS), "--apply")
+    assert res["ok"], res
+    return load_params(LAB_PARAMS)
+
+
+def send(t, port, login, rcpt, subject, body="A short note about the lab.\n"):
+    token = uuid.uuid4().hex
+    msg = verify.message(login or f"verify@{t.hostname}", rcpt, token)
+    msg.replace_header("Subject", subject)
+    msg.set_content(body)
+    with t.smtp(port) as s:
+        if login:
+            s.login(login, t.passwords[login].reveal())
+        s.send_message(msg, login or f"verify@{t.hostname}", [rcpt])
+    return token
+
+
+def fetch_headers(t, user, token, wait=15):
+    deadline = time.monotonic() + wait
+    with t.imap(user) as m:
+        while time.monotonic() < deadline:
+            m.select("INBOX")
+            _, data = m.uid("SEARCH", None, "HEADER", "X-Mailops-Verify", token)
+            if data[0]:
+                uid = data[0].split()[-1]
+                _, got = m.uid("FETCH", uid, "(BODY.PEEK[HEADER])")
+                m.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
+                m.expunge()
+                return got[0][1].decode()
+            time.sleep(0.3)
+    raise AssertionError(f"message {token} did not reach {user}")
+
+
+def test_gtube_is_refused_at_smtp_time(params):
+    t = verify.target_from(params)
+    with pytest.raises(Exception) as exc:
+        send(t, 25, None, "bob@example.test", "hello", body=f"{GTUBE}\n")
+    assert getattr(exc.value, "smtp_code", None) == 554, exc.value
+
+
+def test_add_header_score_gets_x_spam_yes(params):
+    t = verify.target_from(params)
+    token = send(t, 587, "alice@lab.test", "bob@example.test", "mailops-lab-add-header test")
+    headers = fetch_headers(t, "bob@example.test", token)
+    assert "X-Spam: Yes" in headers, headers
+    plain = send(t, 587, "alice@lab.test", "bob@example.test", "an ordinary subject")
+    assert "X-Spam: Yes" not in fetch_headers(t, "bob@example.test", plain)
+
+
+def test_outbound_mail_is_dkim_signed_and_verifies(params):
+    t = verify.target_from(params)
+    token = send(t, 587, "alice@lab.test", "someone@example.com", "signed")
+    with Session(params) as s:
+        record = dkim_record(s.host, "lab.test", params.rspamd.dkim_selector)
+        for _ in range(50):
+            found = s.host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
+                               check=False).out.split()
+            if found:
+                break
+            time.sleep(0.2)
+        raw = s.host.read_file(found[0])
+        s.host.run(["rm", "-f", found[0]])
+    # the pipe transport adds its own lines on top; the message starts after them
+    message = raw.split(b"\n", 2)[2].replace(b"\n", b"\r\n")
+    message = message[message.index(b"Return-Path"):] if b"Return-Path" in message[:200] else message
+    assert b"DKIM-Signature:" in message
+
+    def dnsfunc(name, timeout=5):
+        assert name == f"{params.rspamd.dkim_selector}._domainkey.lab.test.".encode()
+        return record.encode()
+
+    assert dkim.verify(message, dnsfunc=dnsfunc)
+    tampered = message.replace(b"A short note", b"A changed note")
+    assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+
+
+def test_controller_is_loopback_only_with_a_hashed_password(params):
+    secret = resolve(params.rspamd.controller_password, params.base_dir).reveal()
+    with Session(params) as s:
+        stored = s.host.read_file(PASSWORD_FILE).decode()
+        assert stored.startswith('password = "$2$') and secret not in stored
+        assert s.host.run(["stat", "-c", "%a %G", PASSWORD_FILE]).out == "640 _rspamd\n"
+        with s.host.forward(11334) as port:
+            ok = urllib.request.Request(f"http://127.0.0.1:{port}/stat",
+                                        headers={"Password": secret})
+            assert urllib.request.urlopen(ok, timeout=10).status == 200
+            bad = urllib.request.Request(f"http://127.0.0.1:{port}/stat",
+                                         headers={"Password": "not-it"})
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(bad, timeout=10)
+            assert exc.value.code == 401
+    import socket
+    with pytest.raises(OSError):        # not reachable from outside
+        socket.create_connection((str(params.lab.address), 11334), timeout=3)
+
+
+def test_rspamd_down_means_tempfail_and_the_retry_arrives(params):
+    """milter_default_action = tempfail: while rspamd is down senders get 451
+    and keep the message; nothing passes unscanned; the retry is delivered."""
+    t = verify.target_from(params)
+    token = uuid.uuid4().hex
+    msg = verify.message(f"verify@{t.hostname}", "bob@example.test", token)
+    with Session(params) as s:
+        s.host.run(["sh", "-c", "service rspamd stop </dev/null >/dev/null 2>&1"])
+        try:
+            # postfix answers from the first command on with 4xx (451 to EHLO, so
+            # STARTTLS is refused too): the sender keeps the message and retries
+            with pytest.raises(Exception) as exc:
+                with t.smtp(25) as smtp:
+                    smtp.send_message(msg, f"verify@{t.hostname}", ["bob@example.test"])
+            assert 400 <= getattr(exc.value, "smtp_code", 0) < 500, exc.value
+        finally:
+            s.host.run(["sh", "-c", "service rspamd start </dev/null >/dev/null 2>&1"])
+            s.host.run(["sh", "-c", "for i in $(seq 1 120); do [ -n \"$(ss -ltnH 'sport = :11332')\" ] "
+                                    "&& exit 0; sleep 0.5; done; exit 1"], timeout=90)
+    with t.smtp(25) as smtp:            # the sender's retry
+        assert not smtp.send_message(msg, f"verify@{t.hostname}", ["bob@example.test"])
+    assert verify.find_and_delete(t, "bob@example.test", token)
