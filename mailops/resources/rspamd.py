@@ -13,33 +13,15 @@ from typing import ClassVar
 
 from ..remote import source
 from ..secrets import resolve
-from .base import Action, Change, FactError, Resource
-from .files import STAT_PATHS, parse_stat_paths
+from .base import Action, Change
+from .files import _PathResource
 
 PASSWORD_FILE = "/etc/rspamd/mailops/controller-password.inc"
 DKIM_DIR = "/var/lib/rspamd/dkim"
 
 
-class _Exists(Resource):
-    path: str
-
-    @property
-    def key(self):
-        return self.path
-
-    @classmethod
-    def fact_commands(cls, items):
-        return [["sh", "-c", STAT_PATHS, "stat_paths", *[r.path for r in items]]]
-
-    @classmethod
-    def parse_facts(cls, items, results):
-        if not results[0].ok:
-            raise FactError(f"reading {len(items)} paths failed: {results[0].err[-300:]}")
-        return parse_stat_paths([r.path for r in items], results[0].out)
-
-
 @dataclasses.dataclass(frozen=True)
-class ControllerPassword(_Exists):
+class ControllerPassword(_PathResource):
     password_ref: str = dataclasses.field(repr=False)
     base_dir: Path = dataclasses.field(default=Path("."), repr=False)
     path: str = PASSWORD_FILE
@@ -62,7 +44,7 @@ class ControllerPassword(_Exists):
 
 
 @dataclasses.dataclass(frozen=True)
-class DkimKey(_Exists):
+class DkimKey(_PathResource):
     domain: str
     selector: str
     kind: ClassVar[str] = "dkim-key"

@@ -7,15 +7,14 @@ import yaml
 
 from conftest import LAB_PARAMS, provision_json
 from mailops.params import load_params
+from mailops.steps import STEPS
 from mailops.session import Session
 
 
 def test_notebooks_apply_then_a_second_run_changes_nothing(lab_up):
     first = provision_json("--params", str(LAB_PARAMS), "--apply", "--notebooks", "all")
     assert first["ok"], first
-    assert [s["step"] for s in first["steps"]] == ["00-connect", "10-base", "20-tls",
-                                                  "30-users-db", "40-dovecot", "50-postfix",
-                                                  "90-verify"]
+    assert [s["step"] for s in first["steps"]] == [step.name for step in STEPS]
     assert first["steps"][-1]["status"] == "verified"
     run_dir = Path(first["run_dir"])
     for s in first["steps"]:

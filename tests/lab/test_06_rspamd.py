@@ -11,6 +11,7 @@ import pytest
 
 from conftest import LAB_PARAMS, provision_json
 from mailops import verify
+from mailops.dnsrecords import dkim_records
 from mailops.params import load_params
 from mailops.resources.rspamd import PASSWORD_FILE, dkim_record
 from mailops.secrets import resolve
@@ -75,6 +76,9 @@ def test_outbound_mail_is_dkim_signed_and_verifies(params):
     token = send(t, 587, "alice@lab.test", "someone@example.com", "signed")
     with Session(params) as s:
         record = dkim_record(s.host, "lab.test", params.rspamd.dkim_selector)
+        shown = dkim_records(s).records        # what the 60-rspamd notebook shows
+        assert ("mail._domainkey.lab.test", "TXT", record) in shown and len(shown) == 2
+        assert record.startswith("v=DKIM1; k=rsa; p=MII")
         for _ in range(50):
             found = s.host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
                                check=False).out.split()

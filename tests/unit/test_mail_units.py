@@ -150,3 +150,19 @@ def test_check_report():
     assert not bad.ok and "b" in bad._repr_html_() and bad.record()["status"] == "failed"
     with pytest.raises(Exception, match="b: refused"):
         bad.raise_for_status()
+
+
+def test_rspamd_secrets_are_made_once():
+    from mailops.fakehost import FakeFile, FakeHost
+    from mailops.plan import plan
+    from mailops.resources import Service
+    from mailops.resources.rspamd import PASSWORD_FILE, ControllerPassword, DkimKey
+    fake = FakeHost()
+    res = [ControllerPassword("env:X"), DkimKey("lab.test", "mail"), Service("rspamd", running=None)]
+    assert [c.reason.split(";")[0] for c in plan(fake, res).changes] == [
+        "no hashed controller password yet", "no key for mail._domainkey.lab.test"]
+    fake.files[PASSWORD_FILE] = FakeFile(b'password = "$2$abc$def";\n', 0o640, "root", "_rspamd")
+    fake.files["/var/lib/rspamd/dkim/lab.test.mail.key"] = FakeFile(b"key", 0o640, "root", "_rspamd")
+    assert plan(fake, res).empty
+    fake.files[PASSWORD_FILE] = FakeFile(b'password = "plaintext";\n', 0o644, "root", "root")
+    assert [c.target for c in plan(fake, res).changes] == [f"rspamd-password {PASSWORD_FILE}"]
