@@ -10,7 +10,6 @@ the whole connect + TLS + LOGIN.  Usage (lab up and provisioned):
 from __future__ import annotations
 
 import argparse
-import imaplib
 import json
 import statistics
 import sys

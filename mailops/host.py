@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import shlex
 import socket
@@ -284,15 +285,7 @@ class SSHHost(Host):
         return self._client
 
     def _connect(self):
-        if "invoke" not in sys.modules:
-            # paramiko.config imports invoke (0.12 s) only for `Match exec` in
-            # ssh_config files, which mailops never reads: skip it
-            sys.modules["invoke"] = None
-            try:
-                import paramiko
-            finally:
-                del sys.modules["invoke"]
-        import paramiko
+        paramiko = _import_paramiko()
 
         if not os.path.exists(self.known_hosts):
             raise HostKeyError(f"{self.url}: known_hosts file {self.known_hosts} does not "
@@ -412,6 +405,18 @@ class SSHHost(Host):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _import_paramiko():
+    """paramiko, imported without invoke: paramiko.config imports it (0.12 s)
+    only for `Match exec` in ssh_config files, which mailops never reads."""
+    if "paramiko" not in sys.modules and "invoke" not in sys.modules:
+        sys.modules["invoke"] = None
+        try:
+            importlib.import_module("paramiko")
+        finally:
+            del sys.modules["invoke"]
+    return importlib.import_module("paramiko")
 
 
 def connect(url: str, *, key_file: str | Path | None = None,

@@ -19,7 +19,7 @@ from typing import Callable
 
 from .params import load_params
 from .plan import Status
-from .session import Session, record
+from .session import Session
 from .steps import STEPS, Step, get_step
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -60,3 +60,20 @@ def provision_json(*args) -> dict:
     except ValueError:
         raise AssertionError(f"no JSON summary (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
                              f"{proc.stderr[-3000:]}") from None
+
+
+def take_outbound(host, token: str, wait: float = 10) -> bytes:
+    """The lab's kept copy of the one outbound message carrying ``token``
+    (removed after reading)."""
+    import time
+    deadline = time.monotonic() + wait
+    while True:
+        found = host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
+                         check=False).out.split()
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(found) == 1, f"{len(found)} kept messages carry {token}"
+    kept = host.read_file(found[0])
+    host.run(["rm", "-f", found[0]])
+    return kept

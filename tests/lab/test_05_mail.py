@@ -9,7 +9,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
+from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json, take_outbound
 from mailops import verify
 from mailops.params import load_params
 from mailops.resources.maildb import userdb
@@ -201,13 +201,5 @@ def test_lab_outbound_mail_stays_on_the_host(provisioned):
         assert not s.send_message(verify.message("alice@lab.test", "someone@example.com", token),
                                   "alice@lab.test", ["someone@example.com"])
     with Session(provisioned) as s:
-        for _ in range(50):
-            found = s.host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
-                               check=False).out.split()
-            if found:
-                break
-            time.sleep(0.2)
-        assert len(found) == 1
-        kept = s.host.read_file(found[0])
-        assert b"X-Lab-Envelope-To: someone@example.com" in kept
-        s.host.run(["rm", "-f", found[0]])
+        kept = take_outbound(s.host, token)
+    assert b"X-Lab-Envelope-To: someone@example.com" in kept

@@ -9,7 +9,7 @@ import uuid
 import dkim
 import pytest
 
-from conftest import LAB_PARAMS, provision_json
+from conftest import LAB_PARAMS, provision_json, take_outbound
 from mailops import verify
 from mailops.dnsrecords import dkim_records
 from mailops.params import load_params
@@ -79,14 +79,7 @@ def test_outbound_mail_is_dkim_signed_and_verifies(params):
         shown = dkim_records(s).records        # what the 60-rspamd notebook shows
         assert ("mail._domainkey.lab.test", "TXT", record) in shown and len(shown) == 2
         assert record.startswith("v=DKIM1; k=rsa; p=MII")
-        for _ in range(50):
-            found = s.host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
-                               check=False).out.split()
-            if found:
-                break
-            time.sleep(0.2)
-        raw = s.host.read_file(found[0])
-        s.host.run(["rm", "-f", found[0]])
+        raw = take_outbound(s.host, token)
     # the pipe transport adds its own lines on top; the message starts after them
     message = raw.split(b"\n", 2)[2].replace(b"\n", b"\r\n")
     message = message[message.index(b"Return-Path"):] if b"Return-Path" in message[:200] else message
