@@ -115,17 +115,18 @@ class StepFailed(Exception):
 
 
 def read_facts(host, resources: Sequence[Resource]) -> dict[type, object]:
-    """Facts for every resource kind, in one round trip."""
+    """Facts for every resource kind, in one round trip.  A command several
+    kinds need (the users-database dump, `getent group`) is sent once."""
     by_kind: dict[type, list[Resource]] = defaultdict(list)
     for r in resources:
         by_kind[type(r)].append(r)
-    commands, spans = [], {}
+    index: dict[tuple[str, ...], int] = {}
+    slots: dict[type, list[int]] = {}
     for kind, items in by_kind.items():
-        cmds = kind.fact_commands(items)
-        spans[kind] = (len(commands), len(commands) + len(cmds))
-        commands += cmds
-    results = host.run_many(commands)
-    return {kind: kind.parse_facts(items, results[slice(*spans[kind])])
+        slots[kind] = [index.setdefault(tuple(cmd), len(index))
+                       for cmd in kind.fact_commands(items)]
+    results = host.run_many([list(cmd) for cmd in index])
+    return {kind: kind.parse_facts(items, [results[i] for i in slots[kind]])
             for kind, items in by_kind.items()}
 
 

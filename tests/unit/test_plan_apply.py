@@ -174,6 +174,12 @@ def test_directories_users_groups(fake):
     assert c.reason == "mode 755 -> 750"
 
 
+def test_a_fact_command_several_kinds_need_is_sent_once(fake):
+    plan(fake, [Group("vmail"), User("vmail", "vmail", "/var/vmail")])
+    assert fake.commands.count(("getent", "group")) == 1
+    assert fake.commands.count(("getent", "passwd")) == 1
+
+
 def test_declaring_a_resource_twice_is_an_error(fake):
     with pytest.raises(ValueError, match="declared twice"):
         plan(fake, [File("/etc/a", "1"), File("/etc/a", "2")])
