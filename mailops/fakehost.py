@@ -9,6 +9,7 @@ Config checks are Python functions over the fake file system.
 from __future__ import annotations
 
 import base64
+import hashlib
 import dataclasses
 import time
 from typing import Callable
@@ -128,7 +129,33 @@ class FakeHost(Host):
         return 0, self.files[p].content, b""
 
     def _cmd_rm(self, a, stdin):
-        self.files.pop(a[-1], None)
+        for p in a[a.index("--") + 1:] if "--" in a else a[-1:]:
+            self.files.pop(p, None)
+        return 0, b"", b""
+
+    # sieve: a binary "compiled" from a source holds the source's hash
+    @staticmethod
+    def _svbin(source: bytes) -> bytes:
+        return b"svbin " + hashlib.sha256(source).hexdigest().encode()
+
+    def _cmd_sieve_fresh(self, a, stdin):
+        out = []
+        for p in a[4:]:
+            b = self.files.get(p[:-len(".sieve")] + ".svbin")
+            src = self.files.get(p)
+            out.append("fresh" if b and src and b.content == self._svbin(src.content) else "stale")
+        return 0, ("\n".join(out) + "\n").encode(), b""
+
+    def _cmd_sieve_install(self, a, stdin):
+        path, mode, owner, group = a[4:8]
+        if path.rsplit("/", 1)[0] not in self.dirs:
+            return 1, b"", b"mktemp: failed to create directory\n"
+        problem = self.checks["sievec"](self) if "sievec" in self.checks else ""
+        if problem:
+            return 1, b"", f"{problem}\nsievec refused {path}; the installed script is unchanged\n".encode()
+        self.files[path[:-len(".sieve")] + ".svbin"] = FakeFile(self._svbin(stdin), int(mode, 8),
+                                                                 owner, group)
+        self.files[path] = FakeFile(stdin, int(mode, 8), owner, group)
         return 0, b"", b""
 
     def _cmd_dpkg_query(self, a, stdin):

@@ -190,6 +190,15 @@ class Rspamd(Model):
         return self
 
 
+class Sieve(Model):
+    # global sieve_before: a message rspamd marked `X-Spam: Yes` is filed into Junk
+    spam_to_junk: bool = True
+    # IMAPSieve (needs rspamd): moving a message into Junk teaches rspamd spam, moving it
+    # out of Junk (not to Trash) teaches ham
+    learn: bool = True
+    learn_timeout_s: Annotated[int, Field(ge=1, le=60)] = 10   # per learn call (blocks the MOVE)
+
+
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
     ssh: SSH | None = None
@@ -206,6 +215,7 @@ class Params(Model):
     tls: TLS = TLS()
     mail: Mail = Mail()
     rspamd: Rspamd = Rspamd(enabled=False)
+    sieve: Sieve = Sieve()
     lab: Lab | None = None
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")

@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Sequence
 
 from .host import HostError
-from .resources import Action, Change, File, Resource, Service
+from .resources import Action, Change, Resource, Service
 from .resources.base import FactError
 
 
@@ -249,13 +249,9 @@ def _restore_files(host, done: list[Change]) -> list[str]:
     restored = []
     for c in reversed(done):
         r = c.resource
-        if not isinstance(r, File):
+        if not hasattr(r, "restore"):
             continue
-        if c.before is None:
-            host.run(["rm", "-f", "--", r.path])
-        else:
-            mode, owner, group = c.before_attrs or (r.mode, r.owner, r.group)
-            host.write_file(r.path, c.before, mode=mode, owner=owner, group=group)
+        r.restore(host, c)
         restored.append(r.path)
     return restored
 

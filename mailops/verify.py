@@ -233,7 +233,19 @@ def run_checks(params) -> CheckReport:
     add("sending as someone else refused", lambda: _sender_mismatch(t, user, other))
     if params.rspamd.enabled and mailboxes:
         add("spam (GTUBE) refused at SMTP time", lambda: _gtube_refused(t, mailboxes[0]))
-    checks = run_parallel(todo)
+    session = None
+    if params.rspamd.enabled:
+        from .session import Session
+        session = Session(params)
+        for domain in params.mail_domains:
+            add(f"dkim signs {domain}", lambda d=domain: _dkim_signs(session.host, params, d))
+        if params.sieve.learn:
+            add("spam/ham learning", lambda: _learning(session.host))
+    try:
+        checks = run_parallel(todo)
+    finally:
+        if session is not None:
+            session.close()
     # wrong passwords last: dovecot then slows every login from this address
     checks += run_parallel([("wrong password refused (imap)", lambda: _wrong_imap(t, user)),
                             ("wrong password refused (587)", lambda: _wrong_smtp(t, user))])
@@ -342,3 +354,52 @@ def _gtube_refused(t: Target, rcpt: str) -> str:
             assert exc.smtp_code == 554, f"GTUBE answered {exc.smtp_code} {exc.smtp_error!r}"
             return f"{exc.smtp_code} {exc.smtp_error.decode()[:60]}"
     raise AssertionError("GTUBE was accepted")
+
+
+def _dkim_signs(host, params, domain: str) -> str:
+    """rspamd on the server signs a message from ``domain`` as it signs an
+    authenticated user's (nothing is sent); the signature is verified with
+    dkimpy against the server's key, and outside the lab against DNS too."""
+    import dkim
+    from .resources.rspamd import dkim_record
+    selector = params.rspamd.dkim_selector
+    sender = f"postmaster@{domain}"
+    msg = (f"From: {sender}\nTo: verify@example.invalid\nSubject: mailops DKIM check\n"
+           f"Date: {email.utils.formatdate()}\nMessage-ID: {email.utils.make_msgid(domain=domain)}\n"
+           "\nA DKIM check of mailops' verify step; this message is never sent.\n")
+    out = host.run(["rspamc", "-h", "127.0.0.1:11333", "--mime", "--user", sender, "--from", sender,
+                    "--rcpt", "verify@example.invalid"], stdin=msg.encode(), timeout=30).stdout
+    assert b"DKIM-Signature:" in out, "rspamd added no DKIM-Signature"
+    record = dkim_record(host, domain, selector)
+    name = f"{selector}._domainkey.{domain}"
+    signed = out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    ok = dkim.verify(signed, dnsfunc=lambda qname, timeout=5: record.encode())
+    assert ok, f"the signature does not verify against the key in {name}"
+    if params.lab is not None:
+        return f"d={domain} s={selector}: verifies against the server's key (lab: not in DNS)"
+    published = _txt(name)
+    assert published == record, (f"{name} TXT in DNS is {published[:40] + '...' if published else 'missing'}"
+                                 f"; publish: {record[:40]}...")
+    return f"d={domain} s={selector}: verifies; DNS publishes the server's key"
+
+
+def _txt(name: str) -> str | None:
+    import dns.resolver
+    try:
+        answer = dns.resolver.resolve(name, "TXT", lifetime=10)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    return "".join(b.decode() for b in answer[0].strings)
+
+
+def _learning(host) -> str:
+    from . import learning
+    stat = learning.check_credentials(host)          # as the mail user, as dovecot runs it
+    counts = learning.counters(host)
+    events = learning.events(host)
+    failed = [e for e in events if e.outcome == "failed"]
+    assert not events or events[-1].outcome != "failed", (
+        f"the last learn failed ({events[-1].time}, {events[-1].kind}, status {events[-1].status}: "
+        f"{events[-1].detail}); {len(failed)} of the last {len(events)} failed")
+    return (f"learned spam {counts['spam']}, ham {counts['ham']} (rspamd: {stat.get('learned')} "
+            f"learned in all); last {len(events)} learn calls: {len(failed)} failed")

@@ -1,7 +1,8 @@
 from .base import Action, Change, FactError, Resource
 from .files import Directory, File, Link
 from .services import Service
+from .sieve import SieveScript
 from .system import Group, Packages, User
 
 __all__ = ["Action", "Change", "Directory", "FactError", "File", "Group", "Link",
-           "Packages", "Resource", "Service", "User"]
+           "Packages", "Resource", "Service", "SieveScript", "User"]

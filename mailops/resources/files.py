@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import re
+from pathlib import Path
 from typing import ClassVar, Sequence
 
 from .base import Action, Change, FactError, Resource
@@ -158,6 +159,14 @@ class File(_PathResource):
         host.write_file(self.path, self.content, mode=self.mode, owner=self.owner,
                         group=self.group)
 
+    def restore(self, host, change):
+        """Put the file back as ``change`` found it (rollback)."""
+        if change.before is None:
+            host.run(["rm", "-f", "--", self.path])
+        else:
+            mode, owner, group = change.before_attrs or (self.mode, self.owner, self.group)
+            host.write_file(self.path, change.before, mode=mode, owner=owner, group=group)
+
 
 @dataclasses.dataclass(frozen=True)
 class Directory(_PathResource):
@@ -212,3 +221,26 @@ class Link(_PathResource):
         tmp = f"{self.path}.mailops-new"
         host.run(["ln", "-sfn", self.target, tmp])
         host.run(["mv", "-fT", tmp, self.path])
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretFile(File):
+    """A file holding a secret from the secrets file, read when planned (not
+    when declared: declaring needs no secrets), never shown in a diff."""
+    content: bytes = dataclasses.field(default=b"", repr=False)
+    secret_ref: str = dataclasses.field(default="", repr=False)
+    base_dir: Path = dataclasses.field(default=Path("."), repr=False)
+    secret: bool = True
+    kind: ClassVar[str] = "secret file"
+
+    def _wanted(self) -> "File":
+        from ..secrets import resolve
+        value = resolve(self.secret_ref, self.base_dir).reveal()
+        return File(self.path, value.encode() + b"\n", self.mode, self.owner, self.group,
+                    secret=True, notify=self.notify)
+
+    def compare(self, facts):
+        return [dataclasses.replace(c, resource=self) for c in self._wanted().compare(facts)]
+
+    def apply(self, host, change):
+        self._wanted().apply(host, change)

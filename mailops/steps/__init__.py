@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from . import base, dovecot, postfix, rspamd, tls, usersdb
+from . import base, dovecot, postfix, rspamd, sieve, tls, usersdb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,7 @@ STEPS: tuple[Step, ...] = (
     Step("50-postfix", "postfix: SMTP, submission, virtual domains, LMTP delivery",
          postfix.declare),
     Step("60-rspamd", "rspamd milter with redis, DKIM signing, controller", rspamd.declare),
+    Step("65-sieve", "global sieve (X-Spam into Junk), learning from Junk moves", sieve.declare),
     Step("90-verify", "the mail server checked from outside", checks=True),
 )
 

@@ -9,6 +9,7 @@ from ..render import render
 from ..resources import Directory, File, Group, Packages, Resource, Service, User
 from ..resources.maildb import DB_PATH
 from .checks import dovecot_check
+from .sieve import layout as sieve_layout
 from .tls import tls_paths
 
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
@@ -63,7 +64,8 @@ PY
 def declare(p, info) -> list[Resource]:
     series = dovecot_series(info)
     vmail = Vmail()
-    ctx = dict(p=p, tls=tls_paths(p), vmail=vmail, db_path=DB_PATH, sieve_before=SIEVE_BEFORE)
+    ctx = dict(p=p, tls=tls_paths(p), vmail=vmail, db_path=DB_PATH, sieve_before=SIEVE_BEFORE,
+               sieve=sieve_layout(p))
     files = [File("/etc/dovecot/dovecot.conf",
                   render(f"etc/dovecot/dovecot-{series}.conf.j2", **ctx), notify=("dovecot",))]
     if series == "2.3":

@@ -1,7 +1,6 @@
-"""rspamd on the lab host: GTUBE refused at SMTP time, add_header marks X-Spam,
+"""rspamd on the lab host: GTUBE refused at SMTP time (add_header and X-Spam: test_07),
 DKIM signatures verified independently, the controller behind a hashed
 password on loopback, and postfix's documented behaviour while rspamd is down."""
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -39,36 +38,11 @@ def send(t, port, login, rcpt, subject, body="A short note about the lab.\n"):
     return token
 
 
-def fetch_headers(t, user, token, wait=15):
-    deadline = time.monotonic() + wait
-    with t.imap(user) as m:
-        while time.monotonic() < deadline:
-            m.select("INBOX")
-            _, data = m.uid("SEARCH", None, "HEADER", "X-Mailops-Verify", token)
-            if data[0]:
-                uid = data[0].split()[-1]
-                _, got = m.uid("FETCH", uid, "(BODY.PEEK[HEADER])")
-                m.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
-                m.expunge()
-                return got[0][1].decode()
-            time.sleep(0.3)
-    raise AssertionError(f"message {token} did not reach {user}")
-
-
 def test_gtube_is_refused_at_smtp_time(params):
     t = verify.target_from(params)
     with pytest.raises(Exception) as exc:
         send(t, 25, None, "bob@example.test", "hello", body=f"{GTUBE}\n")
     assert getattr(exc.value, "smtp_code", None) == 554, exc.value
-
-
-def test_add_header_score_gets_x_spam_yes(params):
-    t = verify.target_from(params)
-    token = send(t, 587, "alice@lab.test", "bob@example.test", "mailops-lab-add-header test")
-    headers = fetch_headers(t, "bob@example.test", token)
-    assert "X-Spam: Yes" in headers, headers
-    plain = send(t, 587, "alice@lab.test", "bob@example.test", "an ordinary subject")
-    assert "X-Spam: Yes" not in fetch_headers(t, "bob@example.test", plain)
 
 
 def test_outbound_mail_is_dkim_signed_and_verifies(params):

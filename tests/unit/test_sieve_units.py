@@ -1,0 +1,101 @@
+"""Sieve scripts are installed compiled and refused when they do not compile;
+the learn log and counters parse; the 65-sieve step follows the parameters."""
+import pytest
+
+from mailops.fakehost import FakeFile, FakeHost
+from mailops.learning import parse_counters, parse_log
+from mailops.params import load_params
+from mailops.plan import Status, apply, plan
+from mailops.resources import Directory, SieveScript
+from mailops.resources.files import SecretFile
+from mailops.steps import sieve as sieve_step
+
+PATH = "/etc/dovecot/sieve/before.d/10-x.sieve"
+GOOD = 'require ["fileinto"];\nif header :is "X-Spam" "Yes" { fileinto "Junk"; }\n'
+
+
+@pytest.fixture
+def fake():
+    f = FakeHost()
+    for d in ("/etc/dovecot", "/etc/dovecot/sieve", "/etc/dovecot/sieve/before.d"):
+        f.dirs[d] = FakeFile(b"", 0o755)
+    return f
+
+
+def test_script_is_compiled_and_a_second_plan_is_empty(fake):
+    res = [SieveScript(PATH, GOOD)]
+    p = plan(fake, res)
+    assert [c.reason for c in p.changes] == ["does not exist"]
+    assert apply(fake, p).status is Status.APPLIED
+    assert PATH.replace(".sieve", ".svbin") in fake.files
+    assert plan(fake, res).empty
+
+
+def test_missing_or_stale_binary_is_planned_without_a_diff(fake):
+    res = [SieveScript(PATH, GOOD)]
+    apply(fake, plan(fake, res))
+    del fake.files[PATH.replace(".sieve", ".svbin")]
+    [c] = plan(fake, res).changes
+    assert c.reason == "compiled binary missing or older than the script" and c.diff == ""
+    apply(fake, plan(fake, res))
+    assert plan(fake, res).empty
+
+
+def test_a_script_that_does_not_compile_changes_nothing(fake):
+    apply(fake, plan(fake, [SieveScript(PATH, GOOD)]))
+    before = fake.snapshot()
+    fake.checks["sievec"] = lambda f: "script.sieve: line 2: error: unknown command 'fileintoo'."
+    result = apply(fake, plan(fake, [SieveScript(PATH, GOOD.replace("fileinto", "fileintoo"))]))
+    assert not result.ok and "sievec refused " + PATH in result.error
+    assert "unknown command" in result.error
+    assert fake.snapshot() == before
+
+
+def test_sieve_script_names_end_in_sieve():
+    with pytest.raises(ValueError, match="ends in .sieve"):
+        SieveScript("/etc/dovecot/sieve/x.txt", GOOD)
+
+
+def test_secret_file_is_read_when_planned_and_never_shown(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEARN_PW", "s3cret-value")
+    fake.dirs["/etc/mailops"] = FakeFile(b"", 0o755)
+    f = SecretFile("/etc/mailops/learn-password", mode="0640", group="vmail",
+                   secret_ref="env:LEARN_PW")
+    assert "s3cret" not in repr(f)
+    [c] = plan(fake, [f]).changes
+    assert "s3cret" not in c.diff + c.reason + repr(c)
+    apply(fake, plan(fake, [f]))
+    assert fake.files["/etc/mailops/learn-password"].content == b"s3cret-value\n"
+    assert plan(fake, [f]).empty
+    monkeypatch.setenv("LEARN_PW", "rotated")
+    [c] = plan(fake, [f]).changes
+    assert c.reason == "content differs" and "rotated" not in c.diff
+    monkeypatch.delenv("LEARN_PW")
+    with pytest.raises(Exception, match="LEARN_PW"):
+        plan(fake, [f])
+
+
+def test_learn_log_and_counters_parse():
+    text = ("2026-11-25T21:08:55+0000 ham user=bob@example.test status=200 outcome=learned\n"
+            "garbage line\n"
+            "2026-11-25T21:09:14+0000 spam user=bob@example.test status=- outcome=failed "
+            "detail='controller unreachable: <urlopen error [Errno 111] Connection refused>'\n")
+    events = parse_log(text)
+    assert [(e.kind, e.outcome) for e in events] == [("ham", "learned"), ("spam", "failed")]
+    assert events[1].detail.startswith("controller unreachable")
+    assert parse_counters("3\n\n") == {"spam": 3, "ham": 0}
+    with pytest.raises(ValueError):
+        parse_counters("")
+
+
+def test_step_follows_the_parameters(root):
+    p = load_params(root / "parameters" / "lab.yaml")
+    paths = [r.path for r in sieve_step.declare(p, None)]
+    assert sieve_step.PASSWORD_FILE in paths and sieve_step.layout(p).spam_script in paths
+    no_learn = p.model_copy(update={"sieve": p.sieve.model_copy(update={"learn": False})})
+    assert [r.path for r in sieve_step.declare(no_learn, None)] == [
+        "/etc/dovecot/sieve/before.d/10-spam-to-junk.sieve"]
+    no_rspamd = p.model_copy(update={"rspamd": p.rspamd.model_copy(update={"enabled": False})})
+    assert not sieve_step.layout(no_rspamd).learn
+    assert all(not isinstance(r, Directory) or r.path != sieve_step.LEARN_DIR
+               for r in sieve_step.declare(no_rspamd, None))
