@@ -47,14 +47,23 @@ def _lab(args) -> int:
     from .host import exec_replace
     from .params import load_params
 
-    spec = lab.LabSpec.from_params(load_params(args.params))
+    params = load_params(args.params)
+    spec = lab.LabSpec.from_params(params)
+    backup = lab.backup_spec(params)
     if args.action == "up":
         lab.up(spec)
+        lab.prepare_backup_host(params)
     elif args.action == "down":
         lab.down(spec, purge=args.purge)
+        if backup is not None:
+            lab.down(backup, purge=args.purge)
     elif args.action == "status":
         st = lab.status(spec)
         print(st)
+        if backup is not None:
+            bst = lab.status(backup)
+            print(f"{bst} (backup host)")
+            return 0 if st.up and bst.up else 3
         return 0 if st.up else 3
     else:
         exec_replace(lab.ssh_argv(spec, *args.command))

@@ -50,6 +50,7 @@ class LabSpec:
         state_dir = params.path(lab.state_dir)
         refs = [mb.password for mb in params.mail.mailboxes] + list(params.secrets.values())
         refs += [params.rspamd.controller_password] if params.rspamd.controller_password else []
+        refs += [r for r in (params.backup.passphrase, params.backup.ssh_key) if r]
         keys = tuple(ref.split("#", 1)[1] for ref in refs if ref.startswith("file:") and "#" in ref
                      and params.path(ref[5:].split("#", 1)[0]) == state_dir / "secrets.yaml")
         return cls(lab.name, lab.release, lab.address, state_dir, secret_keys=keys)
@@ -316,7 +317,6 @@ def _build_image(spec: LabSpec, local: LocalHost, log) -> None:
 def ensure_secrets(spec: LabSpec) -> None:
     """Random lab passwords for every key the parameters read from
     ``<state_dir>/secrets.yaml`` (mode 0600); existing ones are kept."""
-    import secrets as pysecrets
 
     import yaml
 
@@ -325,13 +325,76 @@ def ensure_secrets(spec: LabSpec) -> None:
     missing = [k for k in spec.secret_keys if k not in data]
     if not missing and path.exists():
         return
-    data.update({k: pysecrets.token_urlsafe(18) for k in missing})
+    data.update({k: _new_secret(k) for k in missing})
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.touch(mode=0o600)
     tmp.chmod(0o600)
     tmp.write_text(yaml.safe_dump(data))
     tmp.replace(path)
+
+
+def _new_secret(key: str) -> str:
+    """A random password; for a key named *_ssh_key, an ed25519 private key."""
+    import secrets as pysecrets
+    if not key.endswith("_ssh_key"):
+        return pysecrets.token_urlsafe(18)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption()).decode()
+
+
+def ssh_public_key(private_openssh: str, comment: str = "") -> str:
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_ssh_private_key(private_openssh.encode(), password=None)
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                        serialization.PublicFormat.OpenSSH).decode()
+    return f"{pub} {comment}".strip()
+
+
+# -- the backup host: a second lab host serving a borg repository over SSH ------
+
+def backup_spec(params) -> LabSpec | None:
+    b = params.lab.backup_host if params.lab else None
+    if b is None:
+        return None
+    return dataclasses.replace(LabSpec.from_params(params), name=b.name, address=b.address,
+                               secret_keys=())
+
+
+# borg in the backup host, and an account that can only run `borg serve` in its repository
+# directory, for the mail server's backup key ($1)
+PREPARE_BACKUP_HOST = r"""set -e
+if ! command -v borg >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends borgbackup openssh-client >/dev/null
+fi
+id borg >/dev/null 2>&1 || useradd --system --home-dir /srv/borg --create-home --shell /bin/sh borg
+install -d -m 0700 -o borg -g borg /srv/borg/.ssh
+printf 'restrict,command="borg serve --restrict-to-path /srv/borg" %s
+' "$1" >/srv/borg/.ssh/authorized_keys
+chown borg:borg /srv/borg/.ssh/authorized_keys
+chmod 0600 /srv/borg/.ssh/authorized_keys
+"""
+
+
+def prepare_backup_host(params, log=print) -> LabStatus | None:
+    """Bring up the backup lab host and let the mail server's backup key in."""
+    spec = backup_spec(params)
+    if spec is None:
+        return None
+    st = up(spec, log=log)
+    from .host import SSHHost
+    from .secrets import resolve
+    pub = ssh_public_key(resolve(params.backup.ssh_key, params.base_dir).reveal(),
+                         f"mailops-backup@{params.hostname}")
+    with SSHHost(spec.url, key_file=spec.key_file, known_hosts=spec.known_hosts) as h:
+        h.run(["sh", "-c", PREPARE_BACKUP_HOST, "prepare_backup_host", pub], timeout=600)
+    log(f"lab {spec.name}: borg repository host for {params.hostname} ready")
+    return st
 
 
 def _ensure_keys(spec: LabSpec, local: LocalHost) -> None:

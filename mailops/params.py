@@ -92,17 +92,30 @@ class SSH(Model):
     known_hosts: Path = Field(description="known_hosts holding the server's host key")
 
 
+class LabBackupHost(Model):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab3"
+    address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.12")
+
+
 class Lab(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab1"
     release: Literal["bookworm", "trixie"] = "bookworm"
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.10")
     state_dir: Path = Path("../.lab")
+    # a second lab host that serves the borg repository (`mailops lab up` builds it too)
+    backup_host: LabBackupHost | None = None
 
     @model_validator(mode="after")
     def _documentation_range(self):
         if not any(self.address in n for n in LAB_NETS) or int(self.address) & 0xFF in (0, 1, 255):
             raise ValueError(f"lab address {self.address} must be a host in 198.51.100.0/24 or "
                              "203.0.113.0/24 other than .0, .1 and .255")
+        b = self.backup_host
+        if b is not None and (b.address == self.address or b.name == self.name
+                              or not any(b.address in n and self.address in n for n in LAB_NETS)
+                              or int(b.address) & 0xFF in (0, 1, 255)):
+            raise ValueError(f"lab backup_host {b.name} {b.address} must be another host of the "
+                             f"lab's /24, with another name")
         return self
 
 
@@ -199,6 +212,61 @@ class Sieve(Model):
     learn_timeout_s: Annotated[int, Field(ge=1, le=60)] = 10   # per learn call (blocks the MOVE)
 
 
+class Jail(Model):
+    maxretry: Annotated[int, Field(ge=1, le=1000)] = 5
+    findtime_s: Annotated[int, Field(ge=10, le=30 * 86400)] = 600
+    bantime_s: Annotated[int, Field(ge=10, le=365 * 86400)] = 3600
+
+
+class Fail2ban(Model):
+    enabled: bool = True
+    # never banned: loopback and the server's own addresses always; add monitoring hosts here
+    ignoreip: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    dovecot: Jail = Jail()                    # failed IMAP / ManageSieve logins
+    postfix_sasl: Jail = Jail()               # failed SMTP AUTH on 25, 465, 587
+    rspamd: Jail = Jail(maxretry=10, findtime_s=3600)   # messages rspamd refused (554)
+    # an address banned again and again is banned from every port for longer
+    recidive: Jail = Jail(maxretry=3, findtime_s=86400, bantime_s=7 * 86400)
+    # ban history kept in fail2ban's sqlite (the analysis notebooks read it)
+    dbpurgeage_days: Annotated[int, Field(ge=90, le=3650)] = 180
+    # sshd: "auto" watches sshd through the journal where systemd runs, and is off where
+    # no log of sshd exists (a jail without its log stops fail2ban from starting)
+    sshd: Literal["auto", "on", "off"] = "auto"
+
+
+class Backup(Model):
+    enabled: bool = False
+    # a borg repository over SSH: ssh://USER@HOST[:PORT]/PATH
+    repository: Annotated[str, Field(pattern=r"^ssh://[a-z_][a-z0-9_-]*@[A-Za-z0-9.:\[\]-]+(:\d+)?/[A-Za-z0-9._/~-]+$")] = \
+        "ssh://borg@backup.invalid/srv/borg/mail"
+    passphrase: SecretRef | None = Field(None, description="borg repokey passphrase (read by a "
+                                         "pass command on the server, never argv)")
+    ssh_key: SecretRef | None = Field(None, description="private key (OpenSSH format) the server "
+                                      "logs in to the repository host with")
+    known_hosts: Path | None = Field(None, description="known_hosts line(s) of the repository "
+                                     "host: its key is checked, never accepted blindly")
+    compression: Annotated[str, Field(pattern=r"^(none|lz4|zstd(,\d{1,2})?|zlib(,\d)?|lzma(,\d)?|auto,[a-z0-9,]+)$")] = "zstd,6"
+    keep_daily: Annotated[int, Field(ge=0, le=366)] = 7
+    keep_weekly: Annotated[int, Field(ge=0, le=520)] = 4
+    keep_monthly: Annotated[int, Field(ge=0, le=1200)] = 12
+    # borgmatic's consistency checks and how often they run (borgmatic 1.8+; 1.7 runs them
+    # every time, limited to the last `check_last` archives)
+    checks: list[Literal["repository", "archives", "data"]] = Field(
+        default_factory=lambda: ["repository", "archives"])
+    check_frequency: Annotated[str, Field(pattern=r"^(always|\d+ (hours?|days?|weeks?|months?))$")] = "2 weeks"
+    check_last: Annotated[int, Field(ge=1, le=1000)] = 3
+    # daily at this time (server's time zone): a systemd timer where systemd runs, cron otherwise
+    at: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "03:17"
+    max_age_hours: Annotated[int, Field(ge=1, le=24 * 31)] = 26   # verify: the last backup is newer
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.enabled and (self.passphrase is None or self.ssh_key is None
+                             or self.known_hosts is None):
+            raise ValueError("an enabled backup needs passphrase, ssh_key and known_hosts")
+        return self
+
+
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
     ssh: SSH | None = None
@@ -216,6 +284,8 @@ class Params(Model):
     mail: Mail = Mail()
     rspamd: Rspamd = Rspamd(enabled=False)
     sieve: Sieve = Sieve()
+    fail2ban: Fail2ban = Fail2ban()
+    backup: Backup = Backup()
     lab: Lab | None = None
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")

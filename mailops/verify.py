@@ -233,10 +233,13 @@ def run_checks(params) -> CheckReport:
     add("sending as someone else refused", lambda: _sender_mismatch(t, user, other))
     if params.rspamd.enabled and mailboxes:
         add("spam (GTUBE) refused at SMTP time", lambda: _gtube_refused(t, mailboxes[0]))
-    session = None
+    from .session import Session
+    session = Session(params)
+    if params.fail2ban.enabled:
+        add("fail2ban", lambda: _fail2ban(session, params))
+    if params.backup.enabled:
+        add("last backup", lambda: _last_backup(session, params))
     if params.rspamd.enabled:
-        from .session import Session
-        session = Session(params)
         for domain in params.mail_domains:
             add(f"dkim signs {domain}", lambda d=domain: _dkim_signs(session.host, params, d))
         if params.sieve.learn:
@@ -244,8 +247,7 @@ def run_checks(params) -> CheckReport:
     try:
         checks = run_parallel(todo)
     finally:
-        if session is not None:
-            session.close()
+        session.close()
     # wrong passwords last: dovecot then slows every login from this address
     checks += run_parallel([("wrong password refused (imap)", lambda: _wrong_imap(t, user)),
                             ("wrong password refused (587)", lambda: _wrong_smtp(t, user))])
@@ -403,3 +405,36 @@ def _learning(host) -> str:
         f"{events[-1].detail}); {len(failed)} of the last {len(events)} failed")
     return (f"learned spam {counts['spam']}, ham {counts['ham']} (rspamd: {stat.get('learned')} "
             f"learned in all); last {len(events)} learn calls: {len(failed)} failed")
+
+
+def _fail2ban(session, params) -> str:
+    from .steps import fail2ban as f2b
+    host = session.host
+    want = f2b.jails(params, session.info)
+    status = host.run(["fail2ban-client", "status"]).out
+    running = [j.strip() for j in status.split("Jail list:", 1)[1].split(",")] \
+        if "Jail list:" in status else []
+    missing = [j for j in want if j not in running]
+    assert not missing, f"jails not running: {', '.join(missing)} (running: {', '.join(running)})"
+    counts = host.run(["sqlite3", f2b.DB_FILE, "SELECT count(*), count(DISTINCT ip), "
+                       "coalesce(min(timeofban), 0) FROM bans; SELECT count(*) FROM bans "
+                       "WHERE timeofban + bantime > strftime('%s','now') OR bantime < 0"]).out.split()
+    total, ips, first = counts[0].split("|")
+    since = time.strftime("%Y-%m-%d", time.gmtime(int(first))) if int(first) else "-"
+    return (f"jails running: {', '.join(want)}; banned now: {counts[1]}; "
+            f"history: {total} bans of {ips} addresses since {since}")
+
+
+def _last_backup(session, params) -> str:
+    from . import backup
+    run = backup.last_run(session)
+    assert run is not None, "no backup has run yet"
+    assert run["exit"] == 0, (f"the last backup failed (exit {run['exit']}, "
+                              f"{run['age_hours']} h ago); see /var/log/mailops/backup.log")
+    assert run["age_hours"] <= params.backup.max_age_hours, (
+        f"the last backup is {run['age_hours']} h old (limit {params.backup.max_age_hours} h)")
+    archives = backup.archives(session)
+    assert archives, "the repository holds no archive"
+    last = archives[-1]
+    return (f"{last['name']} ({run['age_hours']} h ago, {run['end'] - run['start']} s); "
+            f"{len(archives)} archive(s) in the repository")

@@ -223,24 +223,91 @@ class Link(_PathResource):
         host.run(["mv", "-fT", tmp, self.path])
 
 
-@dataclasses.dataclass(frozen=True)
-class SecretFile(File):
-    """A file holding a secret from the secrets file, read when planned (not
-    when declared: declaring needs no secrets), never shown in a diff."""
-    content: bytes = dataclasses.field(default=b"", repr=False)
-    secret_ref: str = dataclasses.field(default="", repr=False)
-    base_dir: Path = dataclasses.field(default=Path("."), repr=False)
-    secret: bool = True
-    kind: ClassVar[str] = "secret file"
+class _LateFile(File):
+    """A file whose content is read when planned, not when declared."""
 
-    def _wanted(self) -> "File":
-        from ..secrets import resolve
-        value = resolve(self.secret_ref, self.base_dir).reveal()
-        return File(self.path, value.encode() + b"\n", self.mode, self.owner, self.group,
-                    secret=True, notify=self.notify)
+    def _data(self) -> bytes:
+        raise NotImplementedError
+
+    def _wanted(self) -> File:
+        return File(self.path, self._data(), self.mode, self.owner, self.group,
+                    secret=self.secret, notify=self.notify)
 
     def compare(self, facts):
         return [dataclasses.replace(c, resource=self) for c in self._wanted().compare(facts)]
 
     def apply(self, host, change):
         self._wanted().apply(host, change)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretFile(_LateFile):
+    """A file holding a secret from the secrets file (declaring needs no
+    secrets; planning reads it), never shown in a diff."""
+    content: bytes = dataclasses.field(default=b"", repr=False)
+    secret_ref: str = dataclasses.field(default="", repr=False)
+    base_dir: Path = dataclasses.field(default=Path("."), repr=False)
+    secret: bool = True
+    kind: ClassVar[str] = "secret file"
+
+    def _data(self) -> bytes:
+        from ..secrets import resolve
+        return resolve(self.secret_ref, self.base_dir).reveal().strip("\n").encode() + b"\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class CopiedFile(_LateFile):
+    """A file copied from the controller (read when planned)."""
+    content: bytes = dataclasses.field(default=b"", repr=False)
+    source: Path = Path("/nonexistent")
+    kind: ClassVar[str] = "file"
+
+    def _data(self) -> bytes:
+        try:
+            return Path(self.source).read_bytes()
+        except OSError as exc:
+            raise FactError(f"{self.path}: cannot read {self.source} on this machine: "
+                            f"{exc.strerror}") from None
+
+
+# the new content on stdin is written beside the file and checked by the
+# validator (its argv follows "--", with {} for the candidate's path); only a
+# candidate that passes replaces the file
+VALIDATED_WRITE = r"""set -e
+p=$1; mode=$2; owner=$3; group=$4; shift 5
+t=$(mktemp "$(dirname -- "$p")/.mailops.XXXXXX.${p##*.}")
+trap 'rm -f -- "$t"' EXIT
+cat >"$t"
+chown -- "$owner:$group" "$t"
+chmod -- "$mode" "$t"
+i=0
+for a; do
+  [ "$a" = "{}" ] && a=$t
+  set -- "$@" "$a"; i=$((i + 1))
+done
+shift $i
+if ! out=$("$@" 2>&1); then
+  printf '%s\n' "$out" | sed "s#$t#$p#g" >&2
+  echo "$1 refused the new $p; the installed file is unchanged" >&2
+  exit 1
+fi
+sync -- "$t"
+mv -f -- "$t" "$p"
+trap - EXIT
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidatedFile(File):
+    """A file checked by a command before it replaces the live one (for files
+    no service reload validates, e.g. borgmatic's configuration)."""
+    validate: tuple[str, ...] = ()        # argv; "{}" stands for the candidate file
+
+    def __post_init__(self):
+        super().__post_init__()
+        if "{}" not in self.validate:
+            raise ValueError(f"{self.path}: the validator must name the file as {{}}")
+
+    def apply(self, host, change):
+        host.run(["sh", "-c", VALIDATED_WRITE, "validated_write", self.path, self.mode,
+                  self.owner, self.group, "--", *self.validate], stdin=self.content, timeout=120)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from . import base, dovecot, postfix, rspamd, sieve, tls, usersdb
+from . import backup, base, dovecot, fail2ban, postfix, rspamd, sieve, tls, usersdb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,10 @@ STEPS: tuple[Step, ...] = (
          postfix.declare),
     Step("60-rspamd", "rspamd milter with redis, DKIM signing, controller", rspamd.declare),
     Step("65-sieve", "global sieve (X-Spam into Junk), learning from Junk moves", sieve.declare),
+    Step("70-fail2ban", "fail2ban: IMAP, SMTP AUTH, rspamd rejects, recidive; nftables bans",
+         fail2ban.declare),
+    Step("80-backup", "borg backups by borgmatic, encrypted, to a repository host",
+         backup.declare),
     Step("90-verify", "the mail server checked from outside", checks=True),
 )
 

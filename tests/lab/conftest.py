@@ -32,8 +32,9 @@ def lab_spec(lab_params):
 
 
 @pytest.fixture(scope="session")
-def lab_up(lab_spec):
+def lab_up(lab_spec, lab_params):
     lab.up(lab_spec)
+    lab.prepare_backup_host(lab_params)      # the borg repository host (lab3)
     return lab_spec
 
 

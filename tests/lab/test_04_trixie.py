@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import ROOT, mailops_cli, provision_json
-from mailops import lab, verify
+from mailops import backup, lab, verify
 from mailops.host import LocalHost
 from mailops.params import load_params
 from mailops.session import Session
@@ -21,6 +21,7 @@ def test_trixie_mail_server_from_nothing(lab_up, tmp_path):
     try:
         lab.down(spec, purge=True)
         assert lab.up(spec).up
+        lab.prepare_backup_host(params)
         first = provision_json("--params", str(TRIXIE), "--apply")
         assert first["ok"], first
         assert first["changes"] > 0 and first["steps"][-1]["status"] == "verified"
@@ -30,6 +31,19 @@ def test_trixie_mail_server_from_nothing(lab_up, tmp_path):
             assert s.host.run(["hostname"]).out == "mx2.lab.test\n"
         report = verify.run_checks(params)
         assert report.ok, str(report)
+        # dovecot 2.4: learning from Junk moves, and fail2ban's filters on 2.4 log lines
+        import test_07_sieve
+        import test_08_fail2ban
+        with Session(params) as s:
+            test_07_sieve.test_moves_learn_ham_spam_and_trash_nothing(params, s.host)
+            f2b = test_08_fail2ban
+            assert f2b.fail2ban_regex(s.host, f2b.f2b.DOVECOT_LOG,
+                                      "/etc/fail2ban/filter.d/mailops-dovecot.conf") >= 1
+            assert f2b.fail2ban_regex(s.host, f2b.f2b.POSTFIX_LOG, "postfix[mode=auth]") >= 1
+            assert f2b.fail2ban_regex(s.host, f2b.f2b.POSTFIX_LOG,
+                                      "/etc/fail2ban/filter.d/mailops-rspamd.conf") >= 1
+            assert "borgmatic 1.8 and later" in s.host.read_file("/etc/borgmatic/config.yaml").decode()
+            assert backup.drill(s).ok
         again = provision_json("--params", str(TRIXIE), "--apply", "--notebooks", "all")
         assert again["ok"] and again["changes"] == 0, again
 

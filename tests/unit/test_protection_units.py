@@ -1,5 +1,6 @@
-"""Sieve scripts are installed compiled and refused when they do not compile;
-the learn log and counters parse; the 65-sieve step follows the parameters."""
+"""Protection and recovery units: sieve scripts installed compiled and refused when
+they do not compile; learn log and counters; the restore drill's comparison; files
+validated before they replace the live ones."""
 import pytest
 
 from mailops.fakehost import FakeFile, FakeHost
@@ -99,3 +100,34 @@ def test_step_follows_the_parameters(root):
     assert not sieve_step.layout(no_rspamd).learn
     assert all(not isinstance(r, Directory) or r.path != sieve_step.LEARN_DIR
                for r in sieve_step.declare(no_rspamd, None))
+
+
+def test_restore_drill_comparison():
+    from mailops.remote.restore import diff
+    live = {("INBOX", "g1"): ("h1", "2026-11-01 10:00:00"),
+            ("INBOX", "g2"): ("h2", "2026-11-01 10:00:00"),
+            ("Junk", "g3"): ("h3", "2026-11-03 10:00:00")}       # saved after the archive
+    restored = {("INBOX", "g1"): ("h1", "x"), ("INBOX", "g2"): ("h2", "x"),
+                ("Trash", "g9"): ("h9", "x")}                     # deleted since
+    d = diff(live, restored, "2026-11-02 00:00:00")
+    assert (d["identical"], d["differ"], d["missing_from_backup"]) == (2, [], [])
+    assert d["newer_than_backup"] == 1 and d["deleted_since_backup"] == [["Trash", "g9"]]
+    changed = {**live, ("INBOX", "g2"): ("other", "2026-11-01 10:00:00")}
+    lost = {k: v for k, v in restored.items() if k != ("INBOX", "g1")}
+    assert diff(changed, restored, "2026-11-02 00:00:00")["differ"] == [["INBOX", "g2"]]
+    assert diff(live, lost, "2026-11-02 00:00:00")["missing_from_backup"] == [["INBOX", "g1"]]
+
+
+def test_validated_file_refuses_a_bad_candidate_and_keeps_the_old(tmp_path):
+    from mailops.host import CommandError, LocalHost
+    from mailops.resources.files import ValidatedFile
+    check = ("python3", "-c", "import sys, json; json.load(open(sys.argv[1]))", "{}")
+    p = tmp_path / "c.json"
+    p.write_text('{"old": 1}\n')
+    ValidatedFile(str(p), '{"new": 1}\n', validate=check).apply(LocalHost(), None)
+    assert p.read_text() == '{"new": 1}\n'
+    with pytest.raises(CommandError, match="refused the new " + str(p)):
+        ValidatedFile(str(p), '{"new": \n', validate=check).apply(LocalHost(), None)
+    assert p.read_text() == '{"new": 1}\n' and [x.name for x in tmp_path.iterdir()] == ["c.json"]
+    with pytest.raises(ValueError, match="validator must name the file"):
+        ValidatedFile(str(p), "x", validate=("true",))

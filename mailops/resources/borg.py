@@ -1,0 +1,70 @@
+"""The borg repository as a resource: initialized (repokey-blake2) and holding
+at least one archive.  Its facts come from the repository host itself, through
+the server's ``mailops-borg`` wrapper (key, known host and passphrase from the
+server's files, never argv)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from .base import Action, Change, FactError, Resource
+
+# ok ARCHIVE | empty | missing | nohelper | error TEXT
+REPO_STATE = r"""w=$1
+[ -x "$w" ] || { echo nohelper; exit 0; }
+if out=$("$w" list --last 1 --short 2>&1); then
+  if [ -n "$out" ]; then echo "ok $out"; else echo empty; fi
+elif printf '%s' "$out" | grep -q "does not exist"; then
+  echo missing
+else
+  echo "error $(printf '%s' "$out" | tail -n 3 | tr '\n' ' ')"
+fi
+"""
+
+# init when the repository does not exist (keep it when it does), then a first backup
+REPO_INIT = r"""w=$1; run=$2
+if ! out=$("$w" init --encryption=repokey-blake2 --make-parent-dirs 2>&1); then
+  printf '%s' "$out" | grep -q "already exists" || { printf '%s\n' "$out" >&2; exit 1; }
+fi
+"$run" || { echo "the first backup failed (exit $?); see /var/log/mailops/backup.log:" >&2
+            tail -n 15 /var/log/mailops/backup.log >&2; exit 1; }
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class BorgRepository(Resource):
+    repository: str
+    wrapper: str = "/usr/local/sbin/mailops-borg"
+    run: str = "/usr/local/sbin/mailops-backup"
+    kind: ClassVar[str] = "borg repository"
+
+    @property
+    def key(self) -> str:
+        return self.repository
+
+    @classmethod
+    def fact_commands(cls, items):
+        return [["sh", "-c", REPO_STATE, "borg_repo_state", r.wrapper] for r in items]
+
+    @classmethod
+    def parse_facts(cls, items, results):
+        facts = {}
+        for r, res in zip(items, results):
+            if not res.ok:
+                raise FactError(f"reading {r.label} failed: {res.err.strip()[-300:]}")
+            word, _, rest = res.out.strip().partition(" ")
+            facts[r.repository] = (word, rest)
+        return facts
+
+    def compare(self, facts):
+        state, detail = facts[self.repository]
+        if state == "ok":
+            return []
+        reason = {"empty": "no archive yet: a first backup",
+                  "missing": "no repository yet: init (repokey-blake2) and a first backup",
+                  "nohelper": "not set up yet: init (kept if it exists) and a first backup",
+                  }.get(state, f"not readable ({detail.strip()[:200]}): init and a first backup")
+        return [Change(self, Action.CREATE, reason)]
+
+    def apply(self, host, change):
+        host.run(["sh", "-c", REPO_INIT, "borg_repo_init", self.wrapper, self.run], timeout=1800)

@@ -1,0 +1,113 @@
+"""80-backup: encrypted, deduplicated backups with borg, run by borgmatic (its
+1.7 sectioned or 1.8+ flat configuration, from the installed version), over SSH
+to a repository host whose key is checked.  Sources: mail, the users database,
+fail2ban's and redis' state (consistent copies made before each run) and /etc.
+Daily by a systemd timer where systemd runs, by cron otherwise."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+
+from ..render import render
+from ..resources import Directory, File, Packages, Resource, Service
+from ..resources.borg import BorgRepository
+from ..resources.files import CopiedFile, SecretFile, ValidatedFile
+from ..resources.maildb import DB_PATH
+
+# borgmatic of the distribution, when it is not installed yet
+RELEASE_BORGMATIC = {("debian", "12"): "1.7", ("ubuntu", "24.04"): "1.8", ("debian", "13"): "1.9"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    conf_dir: str = "/etc/borgmatic/mailops"
+    passphrase: str = "/etc/borgmatic/mailops/passphrase"
+    ssh_key: str = "/etc/borgmatic/mailops/ssh_key"
+    known_hosts: str = "/etc/borgmatic/mailops/known_hosts"
+    config: str = "/etc/borgmatic/config.yaml"
+    wrapper: str = "/usr/local/sbin/mailops-borg"
+    run: str = "/usr/local/sbin/mailops-backup"
+    prepare: str = "/usr/local/lib/mailops/backup-prepare"
+    dumps: str = "/var/backups/mailops"
+    log: str = "/var/log/mailops/backup.log"
+    state: str = "/var/lib/mailops/backup-last.json"
+
+
+PATHS = Paths()
+SOURCES = ("/etc", "/var/mail/vhosts", "/var/lib/rspamd/dkim", PATHS.dumps)
+EXCLUDES = (PATHS.conf_dir,)      # the repository's own key and passphrase stay out of it
+
+
+def borgmatic_series(info) -> str:
+    """'1.7' (sectioned config) or a later one (flat config)."""
+    installed = info.packages.get("borgmatic")
+    if installed:
+        m = re.match(r"^(?:\d+:)?(\d+\.\d+)", installed)
+        if m:
+            return m.group(1)
+    return RELEASE_BORGMATIC.get((info.os_id, info.os_version), "1.7")
+
+
+def flat(series: str) -> bool:
+    major, minor = (int(x) for x in series.split("."))
+    return (major, minor) >= (1, 8)
+
+
+def ssh_command(b) -> str:
+    host_port = b.repository.split("@", 1)[1].split("/", 1)[0]
+    port = host_port.rsplit(":", 1)[1] if re.search(r":\d+$", host_port) else "22"
+    return shlex.join(["ssh", "-i", PATHS.ssh_key, "-o", f"UserKnownHostsFile={PATHS.known_hosts}",
+                       "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                       "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=15", "-p", port])
+
+
+def declare(p, info) -> list[Resource]:
+    b = p.backup
+    if not b.enabled:
+        return []
+    series = borgmatic_series(info)
+    systemd = info.init == "systemd"
+    ctx = dict(b=b, paths=PATHS, sources=SOURCES, excludes=EXCLUDES, ssh_command=ssh_command(b),
+               series=series, users_db=DB_PATH)
+    validate = (("validate-borgmatic-config", "-c", "{}") if not flat(series)
+                else ("borgmatic", "config", "validate", "-c", "{}"))
+    hour, minute = (int(x) for x in b.at.split(":"))
+    out: list[Resource] = [
+        Packages(("borgbackup", "borgmatic", "sqlite3", "openssh-client",
+                  *(() if systemd else ("cron",)))),
+        Directory("/etc/borgmatic", mode="0700"),
+        Directory(PATHS.conf_dir, mode="0700"),
+        SecretFile(PATHS.passphrase, mode="0600", secret_ref=b.passphrase, base_dir=p.base_dir),
+        SecretFile(PATHS.ssh_key, mode="0600", secret_ref=b.ssh_key, base_dir=p.base_dir),
+        CopiedFile(PATHS.known_hosts, source=p.path(b.known_hosts)),
+        Directory("/usr/local/lib/mailops"),
+        File(PATHS.prepare, render("usr/local/lib/mailops/backup-prepare.j2", **ctx), mode="0755"),
+        File(PATHS.wrapper, render("usr/local/sbin/mailops-borg.j2", **ctx), mode="0755"),
+        File(PATHS.run, render("usr/local/sbin/mailops-backup.j2", **ctx), mode="0755"),
+        Directory("/var/log/mailops", mode="0770", group="vmail"),
+        ValidatedFile(PATHS.config, render(f"etc/borgmatic/config-{'flat' if flat(series) else '1.7'}"
+                                           ".yaml.j2", **ctx), mode="0600", validate=validate),
+        BorgRepository(b.repository, PATHS.wrapper, PATHS.run),
+    ]
+    if systemd:
+        out += [
+            File("/etc/systemd/system/mailops-backup.service",
+                 render("etc/systemd/system/mailops-backup.service.j2", **ctx),
+                 notify=("mailops-backup.timer",)),
+            File("/etc/systemd/system/mailops-backup.timer",
+                 render("etc/systemd/system/mailops-backup.timer.j2", **ctx),
+                 notify=("mailops-backup.timer",)),
+            Service("mailops-backup.timer", on_change="restart",
+                    probe=("systemctl", "is-active", "--quiet", "mailops-backup.timer"),
+                    start=("sh", "-c", "systemctl daemon-reload && systemctl enable --now "
+                           "mailops-backup.timer && systemctl restart mailops-backup.timer",
+                           "timer_start")),
+        ]
+    else:
+        out += [
+            File("/etc/cron.d/mailops-backup",
+                 render("etc/cron.d/mailops-backup.j2", minute=minute, hour=hour, **ctx)),
+            Service("cron"),
+        ]
+    return out

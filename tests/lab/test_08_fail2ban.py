@@ -1,0 +1,172 @@
+"""fail2ban on the lab host, for real: wrong IMAP passwords from one lab address
+get it refused on 993 while another address still connects, wrong SMTP AUTH on
+587 likewise; the bans are in fail2ban's sqlite; every jail's filter matches the
+lab's own log lines (fail2ban-regex)."""
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import LAB_PARAMS, provision_json
+from mailops import verify
+from mailops.host import LocalHost
+from mailops.params import load_params
+from mailops.session import Session
+from mailops.steps import fail2ban as f2b
+
+# extra client addresses on the lab bridge (documentation range; /32, no route changes)
+IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER = "198.51.100.2", "198.51.100.3", "198.51.100.4"
+
+
+@pytest.fixture(scope="module")
+def params(lab_up):
+    res = provision_json("--params", str(LAB_PARAMS), "--apply")
+    assert res["ok"], res
+    return load_params(LAB_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def addresses(lab_up):
+    local = LocalHost()
+    for a in (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER):
+        local.run(["ip", "addr", "replace", f"{a}/32", "dev", lab_up.bridge])
+    yield
+    for a in (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER):
+        local.run(["ip", "addr", "del", f"{a}/32", "dev", lab_up.bridge], check=False)
+
+
+@pytest.fixture(scope="module")
+def host(params, addresses):
+    with Session(params) as s:
+        s.host.run(["fail2ban-client", "unban", "--all"])
+        yield s.host
+        s.host.run(["fail2ban-client", "unban", "--all"])
+
+
+def tls_connect(t, port, src):
+    raw = socket.create_connection((t.address, port), timeout=10, source_address=(src, 0))
+    return t.context().wrap_socket(raw, server_hostname=t.hostname)
+
+
+def imap_wrong_login(t, src, user):
+    with tls_connect(t, 993, src) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"* OK")
+        s.sendall(f'a LOGIN "{user}" "wrong-password"\r\n'.encode())
+        line = f.readline()
+        while line.startswith(b"*"):
+            line = f.readline()
+        assert line.startswith(b"a NO"), line
+
+
+def smtp_wrong_auth(t, src, user):
+    import base64
+    import smtplib
+    s = smtplib.SMTP(t.address, 587, timeout=15, local_hostname="attacker.lab.test",
+                     source_address=(src, 0))
+    s._host = t.hostname
+    try:
+        s.starttls(context=t.context())
+        s.ehlo()
+        code, _ = s.docmd("AUTH", "PLAIN " + base64.b64encode(
+            f"\0{user}\0wrong-password".encode()).decode())
+        assert code == 535, code
+    finally:
+        s.close()
+
+
+def banned(host, jail):
+    out = host.run(["fail2ban-client", "status", jail]).out
+    line = next(x for x in out.splitlines() if "Banned IP list" in x)
+    return line.split(":", 1)[1].split()
+
+
+def wait_banned(host, jail, ip, wait=30):
+    deadline = time.monotonic() + wait
+    while ip not in banned(host, jail):
+        assert time.monotonic() < deadline, f"{ip} not banned by {jail}: {banned(host, jail)}"
+        time.sleep(0.5)
+
+
+def refused(t, port, src):
+    try:
+        socket.create_connection((t.address, port), timeout=5, source_address=(src, 0)).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def in_sqlite(host, jail, ip):
+    out = host.run(["sqlite3", f2b.DB_FILE,
+                    f"SELECT count(*) FROM bans WHERE jail = '{jail}' AND ip = '{ip}'"]).out
+    return int(out.strip())
+
+
+def test_wrong_imap_passwords_ban_that_address_only(params, host):
+    t = verify.target_from(params)
+    f = params.fail2ban.dovecot
+    with ThreadPoolExecutor(f.maxretry) as pool:
+        list(pool.map(lambda _: imap_wrong_login(t, IMAP_ATTACKER, "alice@lab.test"),
+                      range(f.maxretry)))
+    wait_banned(host, "dovecot", IMAP_ATTACKER)
+    assert refused(t, 993, IMAP_ATTACKER)
+    with tls_connect(t, 993, BYSTANDER) as s:       # another address still gets in
+        assert s.makefile("rb").readline().startswith(b"* OK")
+    assert not refused(t, 587, IMAP_ATTACKER)        # the dovecot jail bans IMAP ports only
+    assert in_sqlite(host, "dovecot", IMAP_ATTACKER) >= 1
+
+
+def test_wrong_smtp_auth_on_587_bans_that_address_only(params, host):
+    t = verify.target_from(params)
+    f = params.fail2ban.postfix_sasl
+    with ThreadPoolExecutor(f.maxretry) as pool:
+        list(pool.map(lambda _: smtp_wrong_auth(t, SMTP_ATTACKER, "alice@lab.test"),
+                      range(f.maxretry)))
+    wait_banned(host, "postfix-sasl", SMTP_ATTACKER)
+    assert all(refused(t, port, SMTP_ATTACKER) for port in (25, 465, 587))
+    s = socket.create_connection((t.address, 587), timeout=5, source_address=(BYSTANDER, 0))
+    assert s.recv(100).startswith(b"220")
+    s.close()
+    assert in_sqlite(host, "postfix-sasl", SMTP_ATTACKER) >= 1
+
+
+def test_fewer_failures_than_maxretry_ban_nobody(params, host):
+    t = verify.target_from(params)
+    imap_wrong_login(t, BYSTANDER, "bob@example.test")
+    time.sleep(2)
+    assert BYSTANDER not in banned(host, "dovecot") and not refused(t, 993, BYSTANDER)
+
+
+def fail2ban_regex(host, log, filt):
+    out = host.run(["fail2ban-regex", log, filt], timeout=120).out
+    line = next(x for x in out.splitlines() if x.startswith("Lines:"))
+    return int(line.split(",")[2].split()[0])          # "... N matched, ..."
+
+
+def test_every_jail_filter_matches_the_lab_log_lines(params, host):
+    # the tests above and verify's GTUBE check made real lines of every kind
+    assert fail2ban_regex(host, f2b.DOVECOT_LOG, "/etc/fail2ban/filter.d/mailops-dovecot.conf") >= 5
+    assert fail2ban_regex(host, f2b.POSTFIX_LOG, "postfix[mode=auth]") >= 5
+    assert fail2ban_regex(host, f2b.POSTFIX_LOG, "/etc/fail2ban/filter.d/mailops-rspamd.conf") >= 1
+    assert fail2ban_regex(host, f2b.LOG_FILE, "recidive") >= 2
+    # and no line of a successful login or delivery
+    ok_lines = host.run(["sh", "-c", "grep -h -e 'Login: user=' -e 'status=sent' "
+                         f"{f2b.DOVECOT_LOG} {f2b.POSTFIX_LOG} | tail -n 200 > /tmp/ok.log; "
+                         "wc -l < /tmp/ok.log"]).out
+    assert int(ok_lines) > 0
+    for filt in ("/etc/fail2ban/filter.d/mailops-dovecot.conf", "postfix[mode=auth]",
+                 "/etc/fail2ban/filter.d/mailops-rspamd.conf"):
+        assert fail2ban_regex(host, "/tmp/ok.log", filt) == 0, filt
+
+
+def test_jails_settings_are_the_parameters(params, host):
+    f = params.fail2ban
+    assert host.run(["fail2ban-client", "get", "dovecot", "maxretry"]).out.strip() == str(
+        f.dovecot.maxretry)
+    purge = host.run(["fail2ban-client", "get", "dbpurgeage"]).out.split()[-1]
+    assert purge.removesuffix("seconds") == str(f.dbpurgeage_days * 86400), purge
+    ignored = host.run(["fail2ban-client", "get", "dovecot", "ignoreip"]).out
+    assert "198.51.100.1/32" in ignored or "198.51.100.1" in ignored
+    status = host.run(["fail2ban-client", "status"]).out
+    assert "sshd" not in status            # no log of sshd in the lab: no jail that cannot start
