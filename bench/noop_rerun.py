@@ -39,6 +39,10 @@ from mailops.params import load_params  # noqa: E402
 from mailops.resources import Directory, File, Group, Link, Packages, Service, User  # noqa: E402
 from mailops.resources.maildb import (DB_PATH, CatchAll, MailAlias, Mailbox,  # noqa: E402
                                       MailDomain, UsersDatabase)
+from mailops.resources import SieveScript  # noqa: E402
+from mailops.resources.borg import BorgRepository  # noqa: E402
+from mailops.resources.files import CopiedFile, SecretFile, ValidatedFile  # noqa: E402
+from mailops.resources.rspamd import ControllerPassword, DkimKey  # noqa: E402
 from mailops.session import Session  # noqa: E402
 from mailops.steps import STEPS  # noqa: E402
 
@@ -50,10 +54,22 @@ WORK = ROOT / "bench" / "results"
 def ansible_tasks(resources) -> list[dict]:
     tasks = []
     for r in resources:
-        if isinstance(r, File):
-            tasks.append({"name": f"file {r.path}", "ansible.builtin.copy": {
-                "content": r.content.decode(), "dest": r.path, "mode": r.mode,
-                "owner": r.owner, "group": r.group}})
+        if isinstance(r, (SecretFile, ControllerPassword, DkimKey)):
+            # made or read once, never put into a playbook: check that it is there
+            tasks.append({"name": f"stat {r.path}", "ansible.builtin.stat": {"path": r.path}})
+        elif isinstance(r, (File, CopiedFile)):
+            content = r._wanted().content if isinstance(r, CopiedFile) else r.content
+            copy = {"content": content.decode(), "dest": r.path, "mode": r.mode,
+                    "owner": r.owner, "group": r.group}
+            if isinstance(r, ValidatedFile):
+                copy["validate"] = " ".join("%s" if a == "{}" else a for a in r.validate)
+            tasks.append({"name": f"file {r.path}", "ansible.builtin.copy": copy})
+            if isinstance(r, SieveScript):       # and its compiled binary
+                tasks.append({"name": f"stat {r.path}.svbin", "ansible.builtin.stat": {
+                    "path": r.path[:-len(".sieve")] + ".svbin"}})
+        elif isinstance(r, BorgRepository):
+            tasks.append({"name": r.label, "ansible.builtin.command": {
+                "argv": [r.wrapper, "list", "--last", "1", "--short"]}, "changed_when": False})
         elif isinstance(r, Directory):
             tasks.append({"name": f"dir {r.path}", "ansible.builtin.file": {
                 "path": r.path, "state": "directory", "mode": r.mode, "owner": r.owner,

@@ -1,4 +1,4 @@
-"""The ``mailops`` command: lab, plan, provision."""
+"""The ``mailops`` command: lab, plan, provision, drill."""
 from __future__ import annotations
 
 import argparse
@@ -33,10 +33,17 @@ def main(argv: list[str] | None = None) -> int:
                       help="run 90-verify even when nothing changed (it runs after any change)")
     prov.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    dr = sub.add_parser("drill", help="the restore drill: latest archive against the live mail")
+    dr.add_argument("--params", default=str(DEFAULT_PARAMS))
+    dr.add_argument("--archive", default="", help="an archive name (default: the latest)")
+    dr.add_argument("--restore-mailbox", default="", metavar="ADDRESS",
+                    help="restore this mailbox for real (deleted or empty: as archived; "
+                         "else beside its mail in Restored/<archive>)")
+
     args = ap.parse_args(argv)
     from .params import ParamsError
     try:
-        return {"lab": _lab, "plan": _plan, "provision": _provision}[args.cmd](args)
+        return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill}[args.cmd](args)
     except ParamsError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -68,6 +75,12 @@ def _lab(args) -> int:
     else:
         exec_replace(lab.ssh_argv(spec, *args.command))
     return 0
+
+
+def _drill(args) -> int:
+    from .runner import drill
+    record = drill(args.params, archive=args.archive, restore_mailbox=args.restore_mailbox)
+    return 0 if record.get("status") == "verified" else 1
 
 
 def _plan(args) -> int:

@@ -121,3 +121,14 @@ def read_host_info(host) -> HostInfo:
         raise UnsupportedHost(f"{host.url}: reading host facts failed at `{' '.join(r.argv)}`: "
                               f"{r.err.strip()[-300:]}")
     return parse_host_info([r.out for r in results])
+
+
+def series(info, package: str, by_release: dict[tuple[str, str], str], default: str) -> str:
+    """'MAJOR.MINOR' of the installed ``package``, else what the host's release ships."""
+    import re
+    installed = info.packages.get(package)
+    if installed:
+        m = re.match(r"^(?:\d+:)?(\d+\.\d+)", installed)
+        if m:
+            return m.group(1)
+    return by_release.get((info.os_id, info.os_version), default)

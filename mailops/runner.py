@@ -168,3 +168,45 @@ def _cell_error(exc: Exception) -> str:
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
     return f"{ename}: {evalue}".strip()
+
+
+DRILL_NOTEBOOK = "85-restore-drill.ipynb"
+
+
+def drill(params_file: str | Path, *, archive: str = "", restore_mailbox: str = "",
+          reports: Path = REPORTS, log: Callable[[str], None] = print) -> dict:
+    """Run the restore-drill notebook through papermill (for schedules and the
+    README's first command); the executed notebook and an HTML copy go to
+    reports/drills/<time>/.  Returns the drill's record."""
+    import papermill
+    params_file = Path(params_file).resolve()
+    load_params(params_file)                       # errors before anything connects
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    out_dir = reports / "drills" / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out, rec_file = out_dir / DRILL_NOTEBOOK, out_dir / "record.json"
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / DRILL_NOTEBOOK), str(out), cwd=str(NOTEBOOKS),
+            parameters={"params_file": str(params_file), "archive": archive,
+                        "restore_mailbox": restore_mailbox, "record_file": str(rec_file)},
+            kernel_name="python3", progress_bar=False, log_output=False)
+    except Exception as exc:  # noqa: BLE001 - papermill wraps the cell's error
+        error = _cell_error(exc)
+    record = json.loads(rec_file.read_text()) if rec_file.exists() else {"status": "failed"}
+    if error:
+        record.update(status="failed", error=record.get("error") or error)
+    _to_html(out)
+    record["notebook"] = str(out)
+    log(f"[85-restore-drill] {record['status']}: archive {record.get('archive', '-')}, "
+        f"{record.get('messages', 0)} messages compared, {record.get('differences', '-')} "
+        f"difference(s){': ' + record['error'] if record.get('error') else ''}; {out}")
+    return record
+
+
+def _to_html(notebook: Path) -> None:
+    import nbconvert
+    import nbformat
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    notebook.with_suffix(".html").write_text(body)

@@ -235,6 +235,11 @@ def run_checks(params) -> CheckReport:
         add("spam (GTUBE) refused at SMTP time", lambda: _gtube_refused(t, mailboxes[0]))
     from .session import Session
     session = Session(params)
+    try:
+        session.info        # connect once, before the checks share the connection in threads
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        failed = Check("server checks over SSH", False, f"{type(exc).__name__}: {exc}")
+        return CheckReport(t.address, tuple(run_parallel(todo)) + (failed,))
     if params.fail2ban.enabled:
         add("fail2ban", lambda: _fail2ban(session, params))
     if params.backup.enabled:

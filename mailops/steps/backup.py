@@ -9,6 +9,7 @@ import dataclasses
 import re
 import shlex
 
+from ..facts import series
 from ..render import render
 from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.borg import BorgRepository
@@ -41,12 +42,7 @@ EXCLUDES = (PATHS.conf_dir,)      # the repository's own key and passphrase stay
 
 def borgmatic_series(info) -> str:
     """'1.7' (sectioned config) or a later one (flat config)."""
-    installed = info.packages.get("borgmatic")
-    if installed:
-        m = re.match(r"^(?:\d+:)?(\d+\.\d+)", installed)
-        if m:
-            return m.group(1)
-    return RELEASE_BORGMATIC.get((info.os_id, info.os_version), "1.7")
+    return series(info, "borgmatic", RELEASE_BORGMATIC, "1.7")
 
 
 def flat(series: str) -> bool:
@@ -88,7 +84,7 @@ def declare(p, info) -> list[Resource]:
         Directory("/var/log/mailops", mode="0770", group="vmail"),
         ValidatedFile(PATHS.config, render(f"etc/borgmatic/config-{'flat' if flat(series) else '1.7'}"
                                            ".yaml.j2", **ctx), mode="0600", validate=validate),
-        BorgRepository(b.repository, PATHS.wrapper, PATHS.run),
+        BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state),
     ]
     if systemd:
         out += [

@@ -3,8 +3,8 @@ users, quota, sieve; the syntax of the host's dovecot (2.3 or 2.4), detected."""
 from __future__ import annotations
 
 import dataclasses
-import re
 
+from ..facts import series
 from ..render import render
 from ..resources import Directory, File, Group, Packages, Resource, Service, User
 from ..resources.maildb import DB_PATH
@@ -28,12 +28,7 @@ class Vmail:
 
 def dovecot_series(info) -> str:
     """'2.3' or '2.4': the installed dovecot's, else the release's."""
-    installed = info.packages.get("dovecot-core")
-    if installed:
-        m = re.match(r"^(?:\d+:)?(\d+\.\d+)", installed)
-        if m:
-            return m.group(1)
-    return RELEASE_DOVECOT.get((info.os_id, info.os_version), "2.3")
+    return series(info, "dovecot-core", RELEASE_DOVECOT, "2.3")
 
 
 def smoke_command(p) -> tuple[str, ...]:

@@ -38,6 +38,14 @@ def lab_up(lab_spec, lab_params):
     return lab_spec
 
 
+@pytest.fixture(scope="module")
+def params(lab_up):
+    """The lab provisioned (a no-op when it is): a module starts from the converged state."""
+    res = provision_json("--params", str(LAB_PARAMS), "--apply")
+    assert res["ok"], res
+    return load_params(LAB_PARAMS)
+
+
 @pytest.fixture
 def session(lab_up, lab_params):
     with Session(lab_params) as s:

@@ -8,22 +8,14 @@ import uuid
 import dkim
 import pytest
 
-from conftest import LAB_PARAMS, provision_json, take_outbound
+from conftest import take_outbound
 from mailops import verify
 from mailops.dnsrecords import dkim_records
-from mailops.params import load_params
 from mailops.resources.rspamd import PASSWORD_FILE, dkim_record
 from mailops.secrets import resolve
 from mailops.session import Session
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-
-
-@pytest.fixture(scope="module")
-def params(lab_up):
-    res = provision_json("--params", str(LAB_PARAMS), "--apply")
-    assert res["ok"], res
-    return load_params(LAB_PARAMS)
 
 
 def send(t, port, login, rcpt, subject, body="A short note about the lab.\n"):

@@ -8,22 +8,13 @@ import uuid
 
 import pytest
 
-from conftest import LAB_PARAMS, provision_json
 from mailops import learning, verify
-from mailops.params import load_params
 from mailops.session import Session
 
 USER = "bob@example.test"
 WORDS = ("the garden committee will meet on Thursday evening to plan the spring market, "
          "and every neighbour who grows vegetables or flowers is welcome to bring a table, "
          "share seeds, and talk about the new water tank near the old library").split()
-
-
-@pytest.fixture(scope="module")
-def params(lab_up):
-    res = provision_json("--params", str(LAB_PARAMS), "--apply")
-    assert res["ok"], res
-    return load_params(LAB_PARAMS)
 
 
 @pytest.fixture

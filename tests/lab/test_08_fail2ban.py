@@ -8,22 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import LAB_PARAMS, provision_json
 from mailops import verify
 from mailops.host import LocalHost
-from mailops.params import load_params
 from mailops.session import Session
 from mailops.steps import fail2ban as f2b
 
 # extra client addresses on the lab bridge (documentation range; /32, no route changes)
 IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER = "198.51.100.2", "198.51.100.3", "198.51.100.4"
-
-
-@pytest.fixture(scope="module")
-def params(lab_up):
-    res = provision_json("--params", str(LAB_PARAMS), "--apply")
-    assert res["ok"], res
-    return load_params(LAB_PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +127,44 @@ def test_fewer_failures_than_maxretry_ban_nobody(params, host):
     imap_wrong_login(t, BYSTANDER, "bob@example.test")
     time.sleep(2)
     assert BYSTANDER not in banned(host, "dovecot") and not refused(t, 993, BYSTANDER)
+
+
+def managesieve_wrong_login(t, user):
+    """ManageSieve (RFC 5804): STARTTLS, then AUTHENTICATE PLAIN with a wrong password."""
+    import base64
+
+    def until_ok(f):
+        while True:
+            line = f.readline()
+            assert line, "connection closed"
+            if line.startswith((b"OK", b"NO", b"BYE")):
+                return line
+    raw = socket.create_connection((t.address, 4190), timeout=10)
+    f = raw.makefile("rb")
+    until_ok(f)
+    raw.sendall(b"STARTTLS\r\n")
+    assert until_ok(f).startswith(b"OK")
+    s = t.context().wrap_socket(raw, server_hostname=t.hostname)
+    f = s.makefile("rb")
+    until_ok(f)                                  # capabilities again, over TLS
+    cred = base64.b64encode(f"\0{user}\0wrong-password".encode()).decode()
+    s.sendall(f'AUTHENTICATE "PLAIN" "{cred}"\r\n'.encode())
+    assert until_ok(f).startswith(b"NO")
+    s.sendall(b"LOGOUT\r\n")
+    s.close()
+
+
+def test_managesieve_failures_are_counted_too(params, host):
+    t = verify.target_from(params)
+    managesieve_wrong_login(t, "alice@lab.test")     # from the gateway: ignored, but logged
+    deadline = time.monotonic() + 15
+    while True:
+        out = host.run(["fail2ban-regex", "--print-all-matched", f2b.DOVECOT_LOG,
+                        "/etc/fail2ban/filter.d/mailops-dovecot.conf"], timeout=120).out
+        if "managesieve-login" in out or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "managesieve-login" in out
 
 
 def fail2ban_regex(host, log, filt):

@@ -8,27 +8,12 @@ import uuid
 
 import pytest
 
-from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
+from conftest import LAB_PARAMS, ROOT, mailops_cli
 from mailops import backup, verify
-from mailops.params import load_params
 from mailops.secrets import resolve
-from mailops.session import Session
 from mailops.steps.backup import PATHS
 
 BOB_HOME = "/var/mail/vhosts/example.test/bob"
-
-
-@pytest.fixture(scope="module")
-def params(lab_up):
-    res = provision_json("--params", str(LAB_PARAMS), "--apply")
-    assert res["ok"], res
-    return load_params(LAB_PARAMS)
-
-
-@pytest.fixture
-def session(params):
-    with Session(params) as s:
-        yield s
 
 
 def hashes(host, user):
@@ -142,3 +127,14 @@ def test_a_borgmatic_config_borgmatic_refuses_changes_nothing(params, session, t
     assert proc.returncode == 1 and "refused the new /etc/borgmatic/config.yaml" in proc.stdout, \
         proc.stdout[-2000:]
     assert session.host.read_file(PATHS.config) == before
+
+
+def test_drill_command_runs_the_notebook_and_writes_html(params):
+    proc = mailops_cli("drill", "--params", str(LAB_PARAMS))
+    assert "[85-restore-drill] verified" in proc.stdout and " 0 difference(s)" in proc.stdout
+    notebook = proc.stdout.strip().rsplit("; ", 1)[1]
+    html = notebook.removesuffix(".ipynb") + ".html"
+    text = open(html).read()
+    assert "restore drill ok" in text
+    secret = resolve(params.backup.passphrase, params.base_dir).reveal()
+    assert secret not in text and secret not in open(notebook).read()

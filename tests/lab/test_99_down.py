@@ -5,9 +5,13 @@ from mailops import lab
 from mailops.host import LocalHost
 
 
-def test_lab_down_leaves_no_process_or_namespace(lab_up):
+def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up
+    backup = lab.backup_spec(lab_params)
+    backup_pid = json.loads(backup.state_file.read_text())["ns"]["pid"]
+    lab.down(backup)                  # the borg repository host first: the bridge is shared
+    assert lab._start_time(backup_pid) is None and lab.status(backup).state == "down"
     state = json.loads(lab_up.state_file.read_text())
     proxy = json.loads((lab.RUN_DIR / f"apt-proxy-{lab_up.bridge}.json").read_text())
     local = LocalHost()

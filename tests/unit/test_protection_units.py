@@ -131,3 +131,48 @@ def test_validated_file_refuses_a_bad_candidate_and_keeps_the_old(tmp_path):
     assert p.read_text() == '{"new": 1}\n' and [x.name for x in tmp_path.iterdir()] == ["c.json"]
     with pytest.raises(ValueError, match="validator must name the file"):
         ValidatedFile(str(p), "x", validate=("true",))
+
+
+def _info(version, init="sysv", **packages):
+    from mailops.facts import HostInfo
+    return HostInfo("debian", version, "", "", init, "", "mx1", 1, 1, 1, 1, packages)
+
+
+def test_borgmatic_format_follows_the_installed_version(root):
+    from mailops.steps.backup import borgmatic_series, declare, flat
+    assert borgmatic_series(_info("12")) == "1.7" and not flat("1.7")
+    assert borgmatic_series(_info("13")) == "1.9" and flat("1.9")
+    assert borgmatic_series(_info("12", borgmatic="1.8.2-1~bpo12+1")) == "1.8"
+    p = load_params(root / "parameters" / "lab.yaml")
+    conf = {getattr(r, "path", None): r for r in declare(p, _info("12"))}["/etc/borgmatic/config.yaml"]
+    assert b"location:" in conf.content and conf.validate[0] == "validate-borgmatic-config"
+    conf = {getattr(r, "path", None): r for r in declare(p, _info("13"))}["/etc/borgmatic/config.yaml"]
+    assert b"location:" not in conf.content and conf.validate[:3] == ("borgmatic", "config",
+                                                                      "validate")
+    cron = {getattr(r, "path", None) for r in declare(p, _info("12"))}
+    timer = {getattr(r, "path", None) for r in declare(p, _info("12", init="systemd"))}
+    assert "/etc/cron.d/mailops-backup" in cron and "/etc/systemd/system/mailops-backup.timer" in timer
+
+
+def test_sshd_jail_only_where_sshd_has_a_log(root):
+    from mailops.steps.fail2ban import declare, jails
+    p = load_params(root / "parameters" / "lab.yaml")
+    assert "sshd" not in jails(p, _info("12"))
+    assert jails(p, _info("13", init="systemd"))[0] == "sshd"
+    jail = {getattr(r, "path", None): r for r in declare(p, _info("13", init="systemd"))}["/etc/fail2ban/jail.local"]
+    assert b"[sshd]\nenabled = true\nbackend = systemd" in jail.content
+    off = p.model_copy(update={"fail2ban": p.fail2ban.model_copy(update={"sshd": "off"})})
+    assert "sshd" not in jails(off, _info("13", init="systemd"))
+
+
+def test_backup_parameters_are_checked(root):
+    import yaml
+    from mailops.params import ParamsError, parse_params
+    data = yaml.safe_load((root / "parameters" / "lab.yaml").read_text())
+    data["backup"]["repository"] = "ssh://borg@host/srv/borg/x; rm -rf /"
+    data["backup"]["passphrase"] = None
+    data["fail2ban"]["dbpurgeage_days"] = 30
+    with pytest.raises(ParamsError) as exc:
+        parse_params(data, "lab.yaml", root / "parameters")
+    text = str(exc.value)
+    assert "backup.repository" in text and "dbpurgeage_days" in text
