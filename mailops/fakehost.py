@@ -33,6 +33,10 @@ class FakeFile:
     group: str = "root"
 
 
+# directories a package creates that later resources write into
+PACKAGE_DIRS = {"logrotate": ("/etc/logrotate.d",)}
+
+
 class FakeHost(Host):
     def __init__(self, url: str = "fake://mx1"):
         self.url = url
@@ -54,7 +58,8 @@ class FakeHost(Host):
         # name of a check command -> function(fake) returning an error text or ""
         self.checks: dict[str, Callable[["FakeHost"], str]] = {}
         # package -> init scripts it ships
-        self.package_services: dict[str, tuple[str, ...]] = {"unbound": ("unbound",)}
+        self.package_services: dict[str, tuple[str, ...]] = {"unbound": ("unbound",),
+                                                             "cron": ("cron",)}
         self.fail_writes: set[str] = set()
         self.commands: list[tuple[str, ...]] = []
         self.round_trips = 0
@@ -158,6 +163,14 @@ class FakeHost(Host):
         self.files[path] = FakeFile(stdin, int(mode, 8), owner, group)
         return 0, b"", b""
 
+    def _cmd_validated_write(self, a, stdin):
+        path, mode, owner, group = a[4:8]
+        validator = a[9]
+        problem = self.checks[validator](self) if validator in self.checks else ""
+        if problem:
+            return 1, b"", f"{problem}\n{validator} refused the new {path}\n".encode()
+        return self._cmd_write_file(a[:8], stdin)
+
     def _cmd_dpkg_query(self, a, stdin):
         assert a == DPKG_QUERY, a
         return 0, "".join(f"{n}\tii \t{v}\n" for n, v in self.packages.items()).encode(), b""
@@ -165,6 +178,8 @@ class FakeHost(Host):
     def _cmd_apt_install(self, a, stdin):
         for pkg in a[4:]:
             self.packages[pkg] = "1.0-fake"
+            for d in PACKAGE_DIRS.get(pkg, ()):
+                self.dirs.setdefault(d, FakeFile(b"", 0o755))
             for svc in self.package_services.get(pkg, ()):
                 self.service_scripts.add(svc)
                 self.services.setdefault(svc, {"active": False, "enabled": True})

@@ -275,7 +275,9 @@ class CopiedFile(_LateFile):
 # candidate that passes replaces the file
 VALIDATED_WRITE = r"""set -e
 p=$1; mode=$2; owner=$3; group=$4; shift 5
-t=$(mktemp "$(dirname -- "$p")/.mailops.XXXXXX.${p##*.}")
+b=$(basename -- "$p")
+case "$b" in *.*) ext=".${b##*.}" ;; *) ext="" ;; esac     # validators may go by the extension
+t=$(mktemp "$(dirname -- "$p")/.mailops.XXXXXX$ext")
 trap 'rm -f -- "$t"' EXIT
 cat >"$t"
 chown -- "$owner:$group" "$t"

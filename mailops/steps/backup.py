@@ -15,6 +15,7 @@ from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.borg import BorgRepository
 from ..resources.files import CopiedFile, SecretFile, ValidatedFile
 from ..resources.maildb import DB_PATH
+from .sieve import log_rotation
 
 # borgmatic of the distribution, when it is not installed yet
 RELEASE_BORGMATIC = {("debian", "12"): "1.7", ("ubuntu", "24.04"): "1.8", ("debian", "13"): "1.9"}
@@ -82,6 +83,7 @@ def declare(p, info) -> list[Resource]:
         File(PATHS.wrapper, render("usr/local/sbin/mailops-borg.j2", **ctx), mode="0755"),
         File(PATHS.run, render("usr/local/sbin/mailops-backup.j2", **ctx), mode="0755"),
         Directory("/var/log/mailops", mode="0770", group="vmail"),
+        log_rotation(),
         ValidatedFile(PATHS.config, render(f"etc/borgmatic/config-{'flat' if flat(series) else '1.7'}"
                                            ".yaml.j2", **ctx), mode="0600", validate=validate),
         BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state),

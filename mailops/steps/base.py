@@ -6,8 +6,10 @@ import ipaddress
 
 from ..render import render
 from ..resources import File, Link, Packages, Resource, Service
+from ..resources.files import ValidatedFile
 
-BASE_PACKAGES = ("ca-certificates", "netbase", "tzdata", "unbound", "nftables")
+BASE_PACKAGES = ("ca-certificates", "netbase", "tzdata", "unbound", "nftables", "logrotate")
+LOG_WEEKS = 26           # mail logs kept (weekly, compressed) for the analysis notebooks
 NFT_CONF = "/etc/nftables.conf"
 
 
@@ -45,8 +47,11 @@ def lab_gateway_name(p) -> str:
 def declare(p, info) -> list[Resource]:
     lab = p.resolver.mode == "lab"
     zones, records = lab_dns(p) if lab else ([], [])
+    systemd = info is not None and info.init == "systemd"
+    # logrotate runs from a systemd timer, or from cron's daily run where no systemd runs
+    cron = () if systemd else ("cron",)
     return [
-        Packages(tuple(dict.fromkeys((*BASE_PACKAGES, *p.packages)))),
+        Packages(tuple(dict.fromkeys((*BASE_PACKAGES, *cron, *p.packages)))),
         File("/etc/hostname", f"{p.hostname}\n", notify=("hostname",)),
         File("/etc/hosts", render("etc/hosts.j2", p=p)),
         File("/etc/mailname", f"{p.hostname}\n"),
@@ -61,9 +66,13 @@ def declare(p, info) -> list[Resource]:
                                  "nameserver 127.0.0.1\noptions edns0 trust-ad\n"),
         File(NFT_CONF, render("etc/nftables.conf.j2", fw=p.firewall), mode="0755",
              notify=("nftables",)),
+        ValidatedFile("/etc/logrotate.d/mailops", render("etc/logrotate.d/mailops.j2",
+                                                         weeks=LOG_WEEKS),
+                      validate=("logrotate", "--debug", "{}")),
         Service("hostname", probe=("sh", "-c", '[ "$(hostname)" = "$1" ]', "hostname_is",
                                    p.hostname),
                 start=("hostname", p.hostname)),
+        *[Service(name) for name in cron],
         Service("unbound", check=("unbound-checkconf",), on_change="restart"),
         Service("nftables", check=("nft", "-c", "-f", NFT_CONF),
                 probe=("nft", "list", "table", "inet", "mailops"),

@@ -8,7 +8,7 @@ import dataclasses
 
 from ..render import render
 from ..resources import Directory, File, Resource, SieveScript
-from ..resources.files import SecretFile
+from ..resources.files import SecretFile, ValidatedFile
 
 SIEVE_DIR = "/etc/dovecot/sieve"
 BEFORE_DIR = f"{SIEVE_DIR}/before.d"
@@ -27,6 +27,12 @@ class SieveLayout:
     pipe_dir: str = PIPE_DIR
     spam_script: str = f"{LEARN_DIR}/learn-spam.sieve"
     ham_script: str = f"{LEARN_DIR}/learn-ham.sieve"
+
+
+def log_rotation() -> Resource:
+    """Rotation of /var/log/mailops (65-sieve and 80-backup both write there)."""
+    return ValidatedFile("/etc/logrotate.d/mailops-logs", render("etc/logrotate.d/mailops-logs.j2"),
+                         validate=("logrotate", "--debug", "{}"))
 
 
 def layout(p) -> SieveLayout:
@@ -56,5 +62,6 @@ def declare(p, info) -> list[Resource]:
             SecretFile(PASSWORD_FILE, mode="0640", group=group,
                        secret_ref=p.rspamd.controller_password, base_dir=p.base_dir),
             Directory(LOG_DIR, mode="0770", owner="root", group=group),
+            log_rotation(),
         ]
     return out

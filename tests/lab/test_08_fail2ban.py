@@ -15,15 +15,17 @@ from mailops.steps import fail2ban as f2b
 
 # extra client addresses on the lab bridge (documentation range; /32, no route changes)
 IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER = "198.51.100.2", "198.51.100.3", "198.51.100.4"
+LATE_ATTACKER = "198.51.100.5"          # after the logs were rotated
+ADDRESSES = (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER, LATE_ATTACKER)
 
 
 @pytest.fixture(scope="module")
 def addresses(lab_up):
     local = LocalHost()
-    for a in (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER):
+    for a in ADDRESSES:
         local.run(["ip", "addr", "replace", f"{a}/32", "dev", lab_up.bridge])
     yield
-    for a in (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER):
+    for a in ADDRESSES:
         local.run(["ip", "addr", "del", f"{a}/32", "dev", lab_up.bridge], check=False)
 
 
@@ -199,3 +201,18 @@ def test_jails_settings_are_the_parameters(params, host):
     assert "198.51.100.1/32" in ignored or "198.51.100.1" in ignored
     status = host.run(["fail2ban-client", "status"]).out
     assert "sshd" not in status            # no log of sshd in the lab: no jail that cannot start
+
+
+def test_logs_rotate_and_the_daemons_and_fail2ban_follow(params, host):
+    t = verify.target_from(params)
+    host.run(["logrotate", "--force", "/etc/logrotate.d/mailops"])
+    assert host.run(["sh", "-c", "ls /var/log/dovecot.log.1 /var/log/postfix.log.1"],
+                    check=False).ok
+    f = params.fail2ban.dovecot
+    with ThreadPoolExecutor(f.maxretry) as pool:
+        list(pool.map(lambda _: imap_wrong_login(t, LATE_ATTACKER, "alice@lab.test"),
+                      range(f.maxretry)))
+    wait_banned(host, "dovecot", LATE_ATTACKER)          # read from the new dovecot.log
+    assert LATE_ATTACKER in host.read_file(f2b.DOVECOT_LOG).decode()
+    verify._deliver(t, 25, None, "bob@example.test", "bob@example.test")
+    assert b"status=sent" in host.read_file(f2b.POSTFIX_LOG)   # postfix writes on after copytruncate

@@ -129,6 +129,10 @@ def test_validated_file_refuses_a_bad_candidate_and_keeps_the_old(tmp_path):
     with pytest.raises(CommandError, match="refused the new " + str(p)):
         ValidatedFile(str(p), '{"new": \n', validate=check).apply(LocalHost(), None)
     assert p.read_text() == '{"new": 1}\n' and [x.name for x in tmp_path.iterdir()] == ["c.json"]
+    plain = tmp_path / "conf.d" / "mailops"          # no extension, a dot in the directory
+    plain.parent.mkdir()
+    ValidatedFile(str(plain), '{"x": 1}\n', validate=check).apply(LocalHost(), None)
+    assert plain.read_text() == '{"x": 1}\n'
     with pytest.raises(ValueError, match="validator must name the file"):
         ValidatedFile(str(p), "x", validate=("true",))
 
