@@ -61,6 +61,7 @@ class FakeHost(Host):
         self.package_services: dict[str, tuple[str, ...]] = {"unbound": ("unbound",),
                                                              "cron": ("cron",)}
         self.fail_writes: set[str] = set()
+        self.redis: dict[str, int] = {}                 # rspamd's RS hash: learns_spam, learns_ham
         self.commands: list[tuple[str, ...]] = []
         self.round_trips = 0
 
@@ -170,6 +171,19 @@ class FakeHost(Host):
         if problem:
             return 1, b"", f"{problem}\n{validator} refused the new {path}\n".encode()
         return self._cmd_write_file(a[:8], stdin)
+
+    def _cmd_tail(self, a, stdin):
+        n, path = int(a[2]), a[3]
+        if path not in self.files:
+            return 1, b"", f"tail: cannot open '{path}'\n".encode()
+        lines = self.files[path].content.splitlines(keepends=True)
+        return 0, b"".join(lines[-n:]), b""
+
+    def _cmd_redis_cli(self, a, stdin):
+        if "redis-server" not in self.packages:
+            return 127, b"", b"sh: 1: redis-cli: not found\n"
+        assert a[2:4] == ["HMGET", "RS"], a
+        return 0, "".join(f"{self.redis.get(k, '')}\n" for k in a[4:]).encode(), b""
 
     def _cmd_dpkg_query(self, a, stdin):
         assert a == DPKG_QUERY, a

@@ -62,3 +62,35 @@ def check_credentials(host) -> dict:
     user can read the password, the controller accepts it, and answers."""
     res = host.run(["runuser", "-u", "vmail", "--", HELPER, "check"], timeout=30)
     return json.loads(res.out)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnSummary:
+    counts: dict[str, int] | None
+    events: tuple[LearnEvent, ...]
+    note: str = ""
+
+    def __str__(self) -> str:
+        if self.counts is None:
+            return f"learning: {self.note}"
+        failed = sum(e.outcome == "failed" for e in self.events)
+        return (f"learned spam {self.counts['spam']}, ham {self.counts['ham']}; last "
+                f"{len(self.events)} learn calls, {failed} failed")
+
+    def _repr_html_(self) -> str:
+        import html
+        rows = "".join(f"<tr><td>{html.escape(e.time)}</td><td>{e.kind}</td>"
+                       f"<td>{html.escape(e.user)}</td><td>{html.escape(e.outcome)}</td>"
+                       f"<td>{html.escape(e.detail)}</td></tr>" for e in self.events[-10:])
+        table = ("<table><tr><th>time</th><th>learned as</th><th>user</th><th>outcome</th>"
+                 f"<th>detail</th></tr>{rows}</table>") if rows else ""
+        return f"<p><b>{html.escape(str(self))}</b></p>{table}"
+
+
+def summary(host, last: int = 200) -> LearnSummary:
+    """For the 65-sieve notebook: the counters and the last learn calls; on a host
+    where learning is not set up yet, says so instead of failing."""
+    res = host.run(COUNTERS, check=False)
+    if not res.ok:
+        return LearnSummary(None, (), "not set up yet (no redis answering)")
+    return LearnSummary(parse_counters(res.out), tuple(events(host, last)))

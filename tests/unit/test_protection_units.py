@@ -180,3 +180,17 @@ def test_backup_parameters_are_checked(root):
         parse_params(data, "lab.yaml", root / "parameters")
     text = str(exc.value)
     assert "backup.repository" in text and "dbpurgeage_days" in text
+
+
+def test_learn_summary_on_a_host_without_learning_says_so():
+    from mailops.learning import summary
+    fake = FakeHost()
+    s = summary(fake)              # redis-cli is unknown to the fake: as on a fresh host
+    assert s.counts is None and "not set up yet" in str(s) and "not set up" in s._repr_html_()
+    fake.packages["redis-server"] = "5:7.0"
+    fake.redis.update(learns_spam=3, learns_ham=1)
+    fake.files["/var/log/mailops/learn.log"] = FakeFile(
+        b"2026-11-25T21:08:55+0000 ham user=bob@example.test status=200 outcome=learned\n")
+    s = summary(fake)
+    assert s.counts == {"spam": 3, "ham": 1} and len(s.events) == 1
+    assert "learned spam 3, ham 1; last 1 learn calls, 0 failed" == str(s)
