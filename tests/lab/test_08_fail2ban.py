@@ -2,6 +2,7 @@
 get it refused on 993 while another address still connects, wrong SMTP AUTH on
 587 likewise; the bans are in fail2ban's sqlite; every jail's filter matches the
 lab's own log lines (fail2ban-regex)."""
+import random
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,10 @@ from mailops.steps import fail2ban as f2b
 # extra client addresses on the lab bridge (documentation range; /32, no route changes)
 IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER = "198.51.100.2", "198.51.100.3", "198.51.100.4"
 LATE_ATTACKER = "198.51.100.5"          # after the logs were rotated
-ADDRESSES = (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER, LATE_ATTACKER)
+# one failure, fewer than maxretry: a new address each run (fail2ban keeps counting
+# an address's failures across runs within findtime)
+QUIET = f"198.51.100.{random.randint(100, 199)}"
+ADDRESSES = (IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER, LATE_ATTACKER, QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,13 @@ def addresses(lab_up):
 @pytest.fixture(scope="module")
 def host(params, addresses):
     with Session(params) as s:
+        # dovecot slows every login from an address by its past failures (auth penalty,
+        # kept in memory): a restart lets a re-run meet the same server as a first run; and
+        # postfix's idle smtpd processes would meet the old auth connection gone (454) once
+        s.host.run(["sh", "-c", "service dovecot restart </dev/null >/dev/null 2>&1; "
+                                "postfix reload >/dev/null 2>&1; "
+                                "for i in $(seq 1 50); do [ -n \"$(ss -ltnH 'sport = :993')\" ] "
+                                "&& exit 0; sleep 0.2; done; exit 1"], timeout=60)
         s.host.run(["fail2ban-client", "unban", "--all"])
         yield s.host
         s.host.run(["fail2ban-client", "unban", "--all"])
@@ -82,12 +93,19 @@ def wait_banned(host, jail, ip, wait=30):
         time.sleep(0.5)
 
 
-def refused(t, port, src):
-    try:
-        socket.create_connection((t.address, port), timeout=5, source_address=(src, 0)).close()
-    except ConnectionRefusedError:
-        return True
-    return False
+def refused(t, port, src, wait=0.0):
+    """Whether ``src`` is refused on ``port``, waiting up to ``wait`` seconds: fail2ban lists
+    a ban before its action has added the nftables rule (the first ban creates the table)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            socket.create_connection((t.address, port), timeout=5,
+                                     source_address=(src, 0)).close()
+        except ConnectionRefusedError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.3)
 
 
 def in_sqlite(host, jail, ip):
@@ -103,10 +121,11 @@ def test_wrong_imap_passwords_ban_that_address_only(params, host):
         list(pool.map(lambda _: imap_wrong_login(t, IMAP_ATTACKER, "alice@lab.test"),
                       range(f.maxretry)))
     wait_banned(host, "dovecot", IMAP_ATTACKER)
-    assert refused(t, 993, IMAP_ATTACKER)
+    assert refused(t, 993, IMAP_ATTACKER, wait=10)
     with tls_connect(t, 993, BYSTANDER) as s:       # another address still gets in
         assert s.makefile("rb").readline().startswith(b"* OK")
-    assert not refused(t, 587, IMAP_ATTACKER)        # the dovecot jail bans IMAP ports only
+    if IMAP_ATTACKER not in banned(host, "recidive"):   # (re-runs in a day: a repeat offender)
+        assert not refused(t, 587, IMAP_ATTACKER)    # the dovecot jail bans IMAP ports only
     assert in_sqlite(host, "dovecot", IMAP_ATTACKER) >= 1
 
 
@@ -117,7 +136,7 @@ def test_wrong_smtp_auth_on_587_bans_that_address_only(params, host):
         list(pool.map(lambda _: smtp_wrong_auth(t, SMTP_ATTACKER, "alice@lab.test"),
                       range(f.maxretry)))
     wait_banned(host, "postfix-sasl", SMTP_ATTACKER)
-    assert all(refused(t, port, SMTP_ATTACKER) for port in (25, 465, 587))
+    assert all(refused(t, port, SMTP_ATTACKER, wait=10) for port in (25, 465, 587))
     s = socket.create_connection((t.address, 587), timeout=5, source_address=(BYSTANDER, 0))
     assert s.recv(100).startswith(b"220")
     s.close()
@@ -126,9 +145,9 @@ def test_wrong_smtp_auth_on_587_bans_that_address_only(params, host):
 
 def test_fewer_failures_than_maxretry_ban_nobody(params, host):
     t = verify.target_from(params)
-    imap_wrong_login(t, BYSTANDER, "bob@example.test")
+    imap_wrong_login(t, QUIET, "bob@example.test")
     time.sleep(2)
-    assert BYSTANDER not in banned(host, "dovecot") and not refused(t, 993, BYSTANDER)
+    assert QUIET not in banned(host, "dovecot") and not refused(t, 993, QUIET)
 
 
 def managesieve_wrong_login(t, user):
@@ -176,7 +195,10 @@ def fail2ban_regex(host, log, filt):
 
 
 def test_every_jail_filter_matches_the_lab_log_lines(params, host):
-    # the tests above and verify's GTUBE check made real lines of every kind
+    # the tests above made the failed-login lines; a spam refusal is made here (from the
+    # gateway, on the ignore list: logged, not banned)
+    verify._gtube_refused(verify.target_from(params), "alice@lab.test")
+    time.sleep(1)
     assert fail2ban_regex(host, f2b.DOVECOT_LOG, "/etc/fail2ban/filter.d/mailops-dovecot.conf") >= 5
     assert fail2ban_regex(host, f2b.POSTFIX_LOG, "postfix[mode=auth]") >= 5
     assert fail2ban_regex(host, f2b.POSTFIX_LOG, "/etc/fail2ban/filter.d/mailops-rspamd.conf") >= 1
