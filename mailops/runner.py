@@ -84,8 +84,7 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
     steps = [get_step(n) for n in only] if only else list(STEPS)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    run_dir = reports / "runs" / stamp
+    run_dir = reports / "runs" / _stamp()
     run_dir.mkdir(parents=True, exist_ok=True)
     records: list[StepRecord] = []
     with Session(params) as session:
@@ -118,6 +117,11 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
     return summary
 
 
+def _stamp() -> str:
+    """A run's directory name: UTC time, sortable."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 def _plan_ahead(session: Session, steps: list[Step]) -> dict:
     try:
         return session.plan_many([s.name for s in steps if not s.checks])
@@ -141,27 +145,30 @@ def _run_step(session: Session, step: Step, params_file: Path, apply: bool, note
 
 def _run_notebook(step: Step, params_file: Path, apply: bool, run_dir: Path,
                   t0: float) -> StepRecord:
-    import papermill
-
     out = run_dir / step.notebook
-    rec_file = run_dir / f"{step.name}.json"
+    data = _execute(step.notebook, out, run_dir / f"{step.name}.json",
+                    {"params_file": str(params_file), "dry_run": not apply})
+    return StepRecord(step.name, data.get("status", Status.FAILED.value),
+                      int(data.get("changes", 0)), out.name, time.monotonic() - t0,
+                      data.get("error"), tuple(data.get("targets", ())))
+
+
+def _execute(notebook: str, out: Path, rec_file: Path, parameters: dict) -> dict:
+    """Run a notebook through papermill; its record (written by its last cell), with
+    the failing cell's error when a cell failed."""
+    import papermill
     error = None
     try:
         papermill.execute_notebook(
-            str(NOTEBOOKS / step.notebook), str(out), cwd=str(NOTEBOOKS),
-            parameters={"params_file": str(params_file), "dry_run": not apply,
-                        "record_file": str(rec_file)},
+            str(NOTEBOOKS / notebook), str(out), cwd=str(NOTEBOOKS),
+            parameters={**parameters, "record_file": str(rec_file)},
             kernel_name="python3", progress_bar=False, log_output=False)
     except Exception as exc:  # noqa: BLE001 - papermill wraps the cell's error
         error = _cell_error(exc)
     data = json.loads(rec_file.read_text()) if rec_file.exists() else {}
-    if error and not data.get("error"):
-        data["error"] = error
-    status = data.get("status", Status.FAILED.value)
     if error:
-        status = Status.FAILED.value
-    return StepRecord(step.name, status, int(data.get("changes", 0)), out.name,
-                      time.monotonic() - t0, data.get("error"), tuple(data.get("targets", ())))
+        data.update(status=Status.FAILED.value, error=data.get("error") or error)
+    return data
 
 
 def _cell_error(exc: Exception) -> str:
@@ -178,25 +185,15 @@ def drill(params_file: str | Path, *, archive: str = "", restore_mailbox: str = 
     """Run the restore-drill notebook through papermill (for schedules and the
     README's first command); the executed notebook and an HTML copy go to
     reports/drills/<time>/.  Returns the drill's record."""
-    import papermill
     params_file = Path(params_file).resolve()
     load_params(params_file)                       # errors before anything connects
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    out_dir = reports / "drills" / stamp
+    out_dir = reports / "drills" / _stamp()
     out_dir.mkdir(parents=True, exist_ok=True)
-    out, rec_file = out_dir / DRILL_NOTEBOOK, out_dir / "record.json"
-    error = None
-    try:
-        papermill.execute_notebook(
-            str(NOTEBOOKS / DRILL_NOTEBOOK), str(out), cwd=str(NOTEBOOKS),
-            parameters={"params_file": str(params_file), "archive": archive,
-                        "restore_mailbox": restore_mailbox, "record_file": str(rec_file)},
-            kernel_name="python3", progress_bar=False, log_output=False)
-    except Exception as exc:  # noqa: BLE001 - papermill wraps the cell's error
-        error = _cell_error(exc)
-    record = json.loads(rec_file.read_text()) if rec_file.exists() else {"status": "failed"}
-    if error:
-        record.update(status="failed", error=record.get("error") or error)
+    out = out_dir / DRILL_NOTEBOOK
+    record = _execute(DRILL_NOTEBOOK, out, out_dir / "record.json",
+                      {"params_file": str(params_file), "archive": archive,
+                       "restore_mailbox": restore_mailbox})
+    record.setdefault("status", Status.FAILED.value)
     _to_html(out)
     record["notebook"] = str(out)
     log(f"[85-restore-drill] {record['status']}: archive {record.get('archive', '-')}, "

@@ -435,7 +435,7 @@ def _last_backup(session, params) -> str:
     run = backup.last_run(session)
     assert run is not None, "no backup has run yet"
     assert run["exit"] == 0, (f"the last backup failed (exit {run['exit']}, "
-                              f"{run['age_hours']} h ago); see /var/log/mailops/backup.log")
+                              f"{run['age_hours']} h ago); see {backup.PATHS.log}")
     assert run["age_hours"] <= params.backup.max_age_hours, (
         f"the last backup is {run['age_hours']} h old (limit {params.backup.max_age_hours} h)")
     archives = backup.archives(session)

@@ -40,12 +40,18 @@ def messages(user, series, mdbox=None):
     if mdbox:
         argv += ["-o", f"mail_location=mdbox:{mdbox}"] if series == "2.3" else \
                 ["-o", f"mail_path={mdbox}"]
-    argv += ["-f", "pager", "fetch", "-u", user, "mailbox guid date.saved text", "ALL"]
-    out = run(argv)
+    argv += ["-f", "pager", "fetch", "-u", user, FETCH_FIELDS, "ALL"]
+    return parse_fetch(run(argv))
+
+
+FETCH_FIELDS = "mailbox guid date.saved text"
+
+
+def parse_fetch(out):
+    """``doveadm -f pager fetch`` of FETCH_FIELDS (records end in a form feed, ``text``
+    last) -> {(folder, guid): (sha256 of the text, date saved)} (pure)."""
     found = {}
     for record in out.split(b"\x0c\n"):
-        if not record.strip():
-            continue
         head, sep, text = record.partition(b"\ntext:\n")
         if not sep:
             continue

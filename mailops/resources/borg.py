@@ -25,12 +25,12 @@ fi
 """
 
 # init when the repository does not exist (keep it when it does), then a first backup
-REPO_INIT = r"""w=$1; run=$2
+REPO_INIT = r"""w=$1; run=$2; log=$3
 if ! out=$("$w" init --encryption=repokey-blake2 --make-parent-dirs 2>&1); then
   printf '%s' "$out" | grep -q "already exists" || { printf '%s\n' "$out" >&2; exit 1; }
 fi
-"$run" || { echo "the first backup failed (exit $?); see /var/log/mailops/backup.log:" >&2
-            tail -n 15 /var/log/mailops/backup.log >&2; exit 1; }
+"$run" || { echo "the first backup failed (exit $?); see $log:" >&2
+            tail -n 15 "$log" >&2; exit 1; }
 """
 
 
@@ -40,6 +40,7 @@ class BorgRepository(Resource):
     wrapper: str = "/usr/local/sbin/mailops-borg"
     run: str = "/usr/local/sbin/mailops-backup"
     state: str = "/var/lib/mailops/backup-last.json"
+    log: str = "/var/log/mailops/backup.log"
     kind: ClassVar[str] = "borg repository"
 
     @property
@@ -71,4 +72,5 @@ class BorgRepository(Resource):
         return [Change(self, Action.CREATE, reason)]
 
     def apply(self, host, change):
-        host.run(["sh", "-c", REPO_INIT, "borg_repo_init", self.wrapper, self.run], timeout=1800)
+        host.run(["sh", "-c", REPO_INIT, "borg_repo_init", self.wrapper, self.run, self.log],
+                 timeout=1800)

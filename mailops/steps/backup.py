@@ -15,7 +15,7 @@ from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.borg import BorgRepository
 from ..resources.files import CopiedFile, SecretFile, ValidatedFile
 from ..resources.maildb import DB_PATH
-from .sieve import log_rotation
+from .sieve import LOG_DIR, mailops_logs
 
 # borgmatic of the distribution, when it is not installed yet
 RELEASE_BORGMATIC = {("debian", "12"): "1.7", ("ubuntu", "24.04"): "1.8", ("debian", "13"): "1.9"}
@@ -32,7 +32,7 @@ class Paths:
     run: str = "/usr/local/sbin/mailops-backup"
     prepare: str = "/usr/local/lib/mailops/backup-prepare"
     dumps: str = "/var/backups/mailops"
-    log: str = "/var/log/mailops/backup.log"
+    log: str = f"{LOG_DIR}/backup.log"
     state: str = "/var/lib/mailops/backup-last.json"
 
 
@@ -82,11 +82,10 @@ def declare(p, info) -> list[Resource]:
         File(PATHS.prepare, render("usr/local/lib/mailops/backup-prepare.j2", **ctx), mode="0755"),
         File(PATHS.wrapper, render("usr/local/sbin/mailops-borg.j2", **ctx), mode="0755"),
         File(PATHS.run, render("usr/local/sbin/mailops-backup.j2", **ctx), mode="0755"),
-        Directory("/var/log/mailops", mode="0770", group="vmail"),
-        log_rotation(),
+        *mailops_logs(),
         ValidatedFile(PATHS.config, render(f"etc/borgmatic/config-{'flat' if flat(series) else '1.7'}"
                                            ".yaml.j2", **ctx), mode="0600", validate=validate),
-        BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state),
+        BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state, PATHS.log),
     ]
     if systemd:
         out += [

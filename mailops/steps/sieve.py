@@ -29,10 +29,13 @@ class SieveLayout:
     ham_script: str = f"{LEARN_DIR}/learn-ham.sieve"
 
 
-def log_rotation() -> Resource:
-    """Rotation of /var/log/mailops (65-sieve and 80-backup both write there)."""
-    return ValidatedFile("/etc/logrotate.d/mailops-logs", render("etc/logrotate.d/mailops-logs.j2"),
-                         validate=("logrotate", "--debug", "{}"))
+def mailops_logs() -> list[Resource]:
+    """/var/log/mailops and its rotation: 65-sieve (the learn helper, as the mail user)
+    and 80-backup both write there."""
+    return [Directory(LOG_DIR, mode="0770", owner="root", group="vmail"),
+            ValidatedFile("/etc/logrotate.d/mailops-logs",
+                          render("etc/logrotate.d/mailops-logs.j2"),
+                          validate=("logrotate", "--debug", "{}"))]
 
 
 def layout(p) -> SieveLayout:
@@ -61,7 +64,6 @@ def declare(p, info) -> list[Resource]:
             # the controller password, for the helper only (the controller keeps a hash)
             SecretFile(PASSWORD_FILE, mode="0640", group=group,
                        secret_ref=p.rspamd.controller_password, base_dir=p.base_dir),
-            Directory(LOG_DIR, mode="0770", owner="root", group=group),
-            log_rotation(),
+            *mailops_logs(),
         ]
     return out

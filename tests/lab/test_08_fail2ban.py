@@ -80,6 +80,12 @@ def smtp_wrong_auth(t, src, user):
         s.close()
 
 
+def fail_from(wrong_login, t, src, n, user="alice@lab.test"):
+    """``n`` wrong logins from ``src``, in parallel (each is slowed by dovecot on purpose)."""
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda _: wrong_login(t, src, user), range(n)))
+
+
 def banned(host, jail):
     out = host.run(["fail2ban-client", "status", jail]).out
     line = next(x for x in out.splitlines() if "Banned IP list" in x)
@@ -116,10 +122,7 @@ def in_sqlite(host, jail, ip):
 
 def test_wrong_imap_passwords_ban_that_address_only(params, host):
     t = verify.target_from(params)
-    f = params.fail2ban.dovecot
-    with ThreadPoolExecutor(f.maxretry) as pool:
-        list(pool.map(lambda _: imap_wrong_login(t, IMAP_ATTACKER, "alice@lab.test"),
-                      range(f.maxretry)))
+    fail_from(imap_wrong_login, t, IMAP_ATTACKER, params.fail2ban.dovecot.maxretry)
     wait_banned(host, "dovecot", IMAP_ATTACKER)
     assert refused(t, 993, IMAP_ATTACKER, wait=10)
     with tls_connect(t, 993, BYSTANDER) as s:       # another address still gets in
@@ -131,10 +134,7 @@ def test_wrong_imap_passwords_ban_that_address_only(params, host):
 
 def test_wrong_smtp_auth_on_587_bans_that_address_only(params, host):
     t = verify.target_from(params)
-    f = params.fail2ban.postfix_sasl
-    with ThreadPoolExecutor(f.maxretry) as pool:
-        list(pool.map(lambda _: smtp_wrong_auth(t, SMTP_ATTACKER, "alice@lab.test"),
-                      range(f.maxretry)))
+    fail_from(smtp_wrong_auth, t, SMTP_ATTACKER, params.fail2ban.postfix_sasl.maxretry)
     wait_banned(host, "postfix-sasl", SMTP_ATTACKER)
     assert all(refused(t, port, SMTP_ATTACKER, wait=10) for port in (25, 465, 587))
     s = socket.create_connection((t.address, 587), timeout=5, source_address=(BYSTANDER, 0))
@@ -230,10 +230,7 @@ def test_logs_rotate_and_the_daemons_and_fail2ban_follow(params, host):
     host.run(["logrotate", "--force", "/etc/logrotate.d/mailops"])
     assert host.run(["sh", "-c", "ls /var/log/dovecot.log.1 /var/log/postfix.log.1"],
                     check=False).ok
-    f = params.fail2ban.dovecot
-    with ThreadPoolExecutor(f.maxretry) as pool:
-        list(pool.map(lambda _: imap_wrong_login(t, LATE_ATTACKER, "alice@lab.test"),
-                      range(f.maxretry)))
+    fail_from(imap_wrong_login, t, LATE_ATTACKER, params.fail2ban.dovecot.maxretry)
     wait_banned(host, "dovecot", LATE_ATTACKER)          # read from the new dovecot.log
     assert LATE_ATTACKER in host.read_file(f2b.DOVECOT_LOG).decode()
     verify._deliver(t, 25, None, "bob@example.test", "bob@example.test")

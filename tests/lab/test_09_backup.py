@@ -1,7 +1,6 @@
 """Backups on the lab, for real: borg (repokey-blake2) on the second lab host,
 run by borgmatic; backup -> delete a mailbox -> restore -> byte-identical
 messages; the restore drill finds no difference; bad input changes nothing."""
-import hashlib
 import json
 import shutil
 import uuid
@@ -11,6 +10,7 @@ import pytest
 from conftest import LAB_PARAMS, ROOT, mailops_cli
 from mailops import backup, verify
 from mailops.secrets import resolve
+from mailops.remote.restore import FETCH_FIELDS, parse_fetch
 from mailops.steps.backup import PATHS
 
 BOB_HOME = "/var/mail/vhosts/example.test/bob"
@@ -18,15 +18,8 @@ BOB_HOME = "/var/mail/vhosts/example.test/bob"
 
 def hashes(host, user):
     """{(folder, guid): sha256 of the full text} as doveadm reads the live store."""
-    out = host.run(["doveadm", "-f", "pager", "fetch", "-u", user, "mailbox guid text",
-                    "ALL"]).stdout
-    found = {}
-    for rec in out.split(b"\x0c\n"):
-        head, sep, text = rec.partition(b"\ntext:\n")
-        if sep:
-            f = dict(x.split(": ", 1) for x in head.decode().split("\n") if ": " in x)
-            found[(f["mailbox"], f["guid"])] = hashlib.sha256(text).hexdigest()
-    return found
+    out = host.run(["doveadm", "-f", "pager", "fetch", "-u", user, FETCH_FIELDS, "ALL"]).stdout
+    return {k: sha for k, (sha, _saved) in parse_fetch(out).items()}
 
 
 def deliver(t, rcpt, n=2):

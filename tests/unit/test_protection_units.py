@@ -102,6 +102,18 @@ def test_step_follows_the_parameters(root):
                for r in sieve_step.declare(no_rspamd, None))
 
 
+def test_doveadm_fetch_output_parses_into_message_hashes():
+    import hashlib
+    from mailops.remote.restore import parse_fetch
+    text = b"Subject: a\n\nline one\nmailbox: not a field\n"
+    out = (b"mailbox: INBOX\nguid: g1\ndate.saved: 2026-11-25 21:09:14\ntext:\n" + text
+           + b"\x0c\nmailbox: Junk/old\nguid: g2\ndate.saved: 2026-11-25 21:10:00\ntext:\n\x0c\n")
+    assert parse_fetch(out) == {
+        ("INBOX", "g1"): (hashlib.sha256(text).hexdigest(), "2026-11-25 21:09:14"),
+        ("Junk/old", "g2"): (hashlib.sha256(b"").hexdigest(), "2026-11-25 21:10:00")}
+    assert parse_fetch(b"") == {}
+
+
 def test_restore_drill_comparison():
     from mailops.remote.restore import diff
     live = {("INBOX", "g1"): ("h1", "2026-11-01 10:00:00"),
