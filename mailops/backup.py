@@ -5,7 +5,6 @@ nothing here changes live mail except :func:`restore_mailbox`."""
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import re
 import time
@@ -14,6 +13,7 @@ from .host import CommandError
 from .remote import source
 from .steps.backup import PATHS
 from .steps.dovecot import dovecot_series
+from .tables import html_table
 
 SCRATCH = "/var/tmp/mailops-restore"
 VHOSTS = "/var/mail/vhosts"
@@ -71,14 +71,10 @@ class DrillReport:
             f"{k} {v}" for k, v in r.items() if k != "mailbox") for r in self.table()])
 
     def _repr_html_(self) -> str:
-        cols = list(self.table()[0]) if self.users else []
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols)
-                       + "</tr>" for r in self.table())
-        color = "#070" if self.ok else "#b00"
-        return (f"<p><b style='color:{color}'>restore drill {'ok' if self.ok else 'failed'}</b>: "
-                f"archive <code>{html.escape(self.archive)}</code> ({self.archive_time}), "
-                f"{self.messages} messages identical, {self.differences} difference(s)</p>"
-                "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + f"</tr>{rows}</table>")
+        return html_table(self.table(), title=f"restore drill {'ok' if self.ok else 'FAILED'}",
+                          note=f": archive {self.archive} ({self.archive_time}), "
+                               f"{self.messages} messages identical, "
+                               f"{self.differences} difference(s)")
 
 
 def _helper(session, request: dict, timeout: float = 1800) -> dict:

@@ -68,10 +68,9 @@ class HostInfo:
         return rows
 
     def _repr_html_(self) -> str:
-        import html
-        return "<table>" + "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                                   f"<td>{html.escape(v)}</td></tr>"
-                                   for k, v in self.table()) + "</table>"
+        from .tables import html_table
+        return html_table([{"fact": k, "value": v} for k, v in self.table()],
+                          title=f"host {self.hostname}")
 
     def __str__(self) -> str:
         return "\n".join(f"{k:16} {v}" for k, v in self.table())

@@ -78,13 +78,11 @@ class LearnSummary:
                 f"{len(self.events)} learn calls, {failed} failed")
 
     def _repr_html_(self) -> str:
-        import html
-        rows = "".join(f"<tr><td>{html.escape(e.time)}</td><td>{e.kind}</td>"
-                       f"<td>{html.escape(e.user)}</td><td>{html.escape(e.outcome)}</td>"
-                       f"<td>{html.escape(e.detail)}</td></tr>" for e in self.events[-10:])
-        table = ("<table><tr><th>time</th><th>learned as</th><th>user</th><th>outcome</th>"
-                 f"<th>detail</th></tr>{rows}</table>") if rows else ""
-        return f"<p><b>{html.escape(str(self))}</b></p>{table}"
+        from .tables import html_table
+        rows = [{"time": e.time, "learned as": e.kind, "user": e.user, "outcome": e.outcome,
+                 "detail": e.detail} for e in self.events[-10:]]
+        return html_table(rows, ["time", "learned as", "user", "outcome", "detail"],
+                          title=str(self))
 
 
 def summary(host, last: int = 200) -> LearnSummary:

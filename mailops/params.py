@@ -5,8 +5,10 @@ Secrets are references (``file:PATH#key``, ``env:NAME``), never literals.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -349,6 +351,42 @@ def parse_params(data, source: str = "<parameters>", base_dir: Path = Path("."))
         raise ParamsError(source, [_describe(e) for e in exc.errors()]) from None
 
 
+@functools.cache
+def _secret_fields() -> frozenset[str]:
+    """Names of every field that holds a secret reference, in any model."""
+    names, todo, seen = set(), [Params], set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            text = repr(field.annotation) + repr(field.metadata)
+            if "_secret_ref" in text:
+                names.add(name)
+            for sub in _models_in(field.annotation):
+                todo.append(sub)
+    return frozenset(names)
+
+
+def _models_in(annotation) -> list[type]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _shown(loc: tuple, value) -> str:
+    """The bad value as an error may show it: never a secret's, never a mapping's
+    or list's contents (a model-level error's input holds its secrets too)."""
+    if any(str(part) in _secret_fields() for part in loc):
+        return "the value is not shown: it would be a secret"
+    if isinstance(value, dict):
+        return f"got a mapping with keys {', '.join(map(str, value))}"
+    if isinstance(value, (list, tuple)):
+        return f"got a list of {len(value)}"
+    return f"got {value!r}"
+
+
 def _describe(err: dict) -> str:
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
@@ -356,7 +394,7 @@ def _describe(err: dict) -> str:
         return f"{loc}: unknown key (allowed keys: see parameters/example.yaml)"
     if err["type"] == "missing":
         return f"{loc}: required but missing"
-    return f"{loc}: {msg} (got {err.get('input')!r})"
+    return f"{loc}: {msg} ({_shown(err['loc'], err.get('input'))})"
 
 
 def load_params(path: str | Path) -> Params:
@@ -367,5 +405,9 @@ def load_params(path: str | Path) -> Params:
     except OSError as exc:
         raise ParamsError(str(path), [f"cannot read: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
-        raise ParamsError(str(path), [f"not valid YAML: {exc}"]) from None
+        # PyYAML's own message quotes the offending line, which may hold a secret
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ParamsError(str(path), [f"not valid YAML{where}: {problem}"]) from None
     return parse_params(data, str(path), path.resolve().parent)

@@ -18,6 +18,7 @@ from typing import Sequence
 from .host import HostError
 from .resources import Action, Change, Resource, Service
 from .resources.base import FactError
+from .tables import details, html_table
 
 
 class Status(str, enum.Enum):
@@ -260,12 +261,6 @@ def changes_html(title: str, changes: Sequence[Change], n_resources: int | None)
     if not changes:
         n = f" ({n_resources} resources checked)" if n_resources is not None else ""
         return f"<p><b>{html.escape(title)}</b>: no changes{n}</p>"
-    rows = []
-    for c in changes:
-        diff = (f"<details><summary>diff</summary><pre>{html.escape(c.diff)}</pre></details>"
-                if c.diff else "")
-        rows.append(f"<tr><td>{c.action.value}</td><td><code>{html.escape(c.target)}</code></td>"
-                    f"<td>{html.escape(c.reason)}{diff}</td></tr>")
-    return (f"<p><b>{html.escape(title)}</b>: {len(changes)} change(s)</p>"
-            "<table><tr><th>action</th><th>target</th><th>reason</th></tr>"
-            + "".join(rows) + "</table>")
+    rows = [{"action": c.action.value, "target": c.target, "reason": c.reason,
+             "diff": details("diff", c.diff)} for c in changes]
+    return html_table(rows, title=title, note=f": {len(changes)} change(s)")

@@ -45,7 +45,9 @@ class Secret:
 
 def check_ref(ref: str) -> str:
     if not _REF.fullmatch(ref):
-        raise SecretError(f"secret reference {ref!r} is not file:PATH, file:PATH#key or env:NAME")
+        # the value is never repeated: a literal pasted here is the secret itself
+        raise SecretError("must be a secret reference (file:PATH, file:PATH#key or env:NAME), "
+                          "never the secret itself; the value is not shown")
     return ref
 
 

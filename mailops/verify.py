@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import imaplib
 import smtplib
 import socket
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .plan import StepFailed
 from .secrets import Secret, resolve
+from .tables import html_table, status
 
 RSA_CIPHERS = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
 EC_CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
@@ -67,13 +67,11 @@ class CheckReport:
             f"  {'ok    ' if c.ok else 'FAILED'} {c.name}: {c.evidence}" for c in self.checks])
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td style='color:{'#070' if c.ok else '#b00'}'>{'ok' if c.ok else 'failed'}</td>"
-            f"<td>{html.escape(c.name)}</td><td>{html.escape(c.evidence)}</td></tr>"
-            for c in self.checks)
-        return (f"<p><b>verify {html.escape(self.target)}</b>: "
-                f"{len(self.checks) - len(self.failed)} of {len(self.checks)} checks ok</p>"
-                f"<table><tr><th>result</th><th>check</th><th>evidence</th></tr>{rows}</table>")
+        rows = [{"result": status(c.ok), "check": c.name, "evidence": c.evidence}
+                for c in self.checks]
+        return html_table(rows, title=f"verify {self.target}",
+                          note=f": {len(self.checks) - len(self.failed)} of "
+                               f"{len(self.checks)} checks ok")
 
 
 class _SMTPS(smtplib.SMTP_SSL):

@@ -121,7 +121,7 @@ class _PathResource(Resource):
 class File(_PathResource):
     path: str
     content: bytes = dataclasses.field(repr=False)
-    mode: str = "0644"
+    mode: str | None = None              # default: 0600 for a secret, else 0644
     owner: str = "root"
     group: str = "root"
     secret: bool = False                 # diff and content never shown
@@ -130,6 +130,8 @@ class File(_PathResource):
 
     def __post_init__(self):
         _check_path(self.path)
+        if self.mode is None:
+            object.__setattr__(self, "mode", "0600" if self.secret else "0644")
         _check_mode(self.mode)
         if isinstance(self.content, str):
             object.__setattr__(self, "content", self.content.encode())

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import take_outbound
 from mailops import verify
-from mailops.dnsrecords import dkim_records
+from mailops.dnsrecords import DnsRecord, dkim_records
 from mailops.resources.rspamd import PASSWORD_FILE, dkim_record
 from mailops.secrets import resolve
 from mailops.session import Session
@@ -43,7 +43,7 @@ def test_outbound_mail_is_dkim_signed_and_verifies(params):
     with Session(params) as s:
         record = dkim_record(s.host, "lab.test", params.rspamd.dkim_selector)
         shown = dkim_records(s).records        # what the 60-rspamd notebook shows
-        assert ("mail._domainkey.lab.test", "TXT", record) in shown and len(shown) == 2
+        assert DnsRecord("mail._domainkey.lab.test", "TXT", record) in shown and len(shown) == 2
         assert record.startswith("v=DKIM1; k=rsa; p=MII")
         raw = take_outbound(s.host, token)
     # the pipe transport adds its own lines on top; the message starts after them

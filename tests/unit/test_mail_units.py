@@ -166,3 +166,30 @@ def test_rspamd_secrets_are_made_once():
     assert plan(fake, res).empty
     fake.files[PASSWORD_FILE] = FakeFile(b'password = "plaintext";\n', 0o644, "root", "root")
     assert [c.target for c in plan(fake, res).changes] == [f"rspamd-password {PASSWORD_FILE}"]
+
+
+def test_long_txt_records_are_split_into_255_byte_strings():
+    """A 2048-bit DKIM key makes a ~410-character TXT value; zone files refuse
+    strings over 255 bytes.  The zone value is split, and joins back exactly."""
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+    from mailops.dnsrecords import DnsRecord, DnsRecords
+    value = "v=DKIM1; k=rsa; p=" + "A" * 392
+    rec = DnsRecord("mail._domainkey.example.com", "TXT", value)
+    zone = rec.zone_value()
+    rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, zone)
+    assert [len(s) for s in rd.strings] == [255, len(value) - 255]
+    assert b"".join(rd.strings).decode() == value
+    assert DnsRecord("x.example.com", "TXT", "short").zone_value() == '"short"'
+    shown = DnsRecords((rec,))
+    assert str(shown).startswith("mail._domainkey.example.com. IN TXT \"v=DKIM1")
+    assert zone.replace('"', "&quot;") in shown._repr_html_() or zone in shown._repr_html_()
+
+
+def test_tables_escape_values_but_not_markup():
+    from mailops.tables import details, html_table
+    out = html_table([{"a": "<script>", "b": details("diff", "-x <y>")}], title="t <1>")
+    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert "<details><summary>diff</summary><pre>-x &lt;y&gt;</pre></details>" in out
+    assert "t &lt;1&gt;" in out and "<table" in out

@@ -56,3 +56,11 @@ def test_world_readable_secret_file_is_refused(tmp_path):
 
 def test_mask():
     assert mask(f"a {VALUE} b {VALUE}", [Secret(VALUE)]) == "a *** b ***"
+
+
+def test_files_holding_secrets_default_to_0600():
+    from mailops.resources.files import File, SecretFile
+    assert File("/etc/x.key", b"k", secret=True).mode == "0600"
+    assert SecretFile("/etc/x.pass", secret_ref="env:X").mode == "0600"
+    assert File("/etc/x.conf", b"c").mode == "0644"
+    assert File("/etc/x.key", b"k", mode="0640", secret=True).mode == "0640"   # explicit wins
