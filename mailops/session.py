@@ -38,7 +38,7 @@ class Session:
         if s.declare is None:
             return []
         self.info.require_supported()
-        return s.declare(self.params, self.info)
+        return s.resources(self.params, self.info)
 
     def plan(self, step: str) -> Plan:
         """Read the host and list what the step would change; changes nothing."""

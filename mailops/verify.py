@@ -134,8 +134,8 @@ class Target:
 def target_from(params) -> Target:
     cafile = str(params.path(params.tls.ca_dir) / "ca.crt") if params.tls.source == "self-signed" \
         else None
-    from .steps.base import lab_gateway_name
-    helo = lab_gateway_name(params) if params.lab is not None else socket.getfqdn()
+    from .labmode import gateway_name
+    helo = gateway_name(params) if params.lab is not None else socket.getfqdn()
     return Target(str(params.addresses[0]), params.hostname, cafile,
                   {mb.address: resolve(mb.password, params.base_dir) for mb in params.mail.mailboxes},
                   helo)

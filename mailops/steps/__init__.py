@@ -23,6 +23,14 @@ class Step:
     def notebook(self) -> str:
         return f"{self.name}.ipynb"
 
+    def resources(self, p, info) -> list:
+        """The step's resources for these parameters: production's, plus what a lab
+        host adds (mailops/labmode.py)."""
+        if self.declare is None:
+            return []
+        from .. import labmode
+        return [*self.declare(p, info), *labmode.overlay(self.name, p, info)]
+
 
 STEPS: tuple[Step, ...] = (
     Step("00-connect", "connect and inspect the host"),

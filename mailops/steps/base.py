@@ -2,8 +2,7 @@
 server's own resolver (unbound) and the nftables firewall."""
 from __future__ import annotations
 
-import ipaddress
-
+from .. import labmode
 from ..render import render
 from ..resources import File, Link, Packages, Resource, Service
 from ..resources.files import ValidatedFile
@@ -13,40 +12,9 @@ LOG_WEEKS = 26           # mail logs kept (weekly, compressed) for the analysis 
 NFT_CONF = "/etc/nftables.conf"
 
 
-def lab_dns(p) -> tuple[list[str], list[str]]:
-    """Zones and records the lab resolver answers: the mail domains, the
-    host's own domain and the reverse zones of its addresses."""
-    host_domain = p.hostname.split(".", 1)[1]
-    zones = sorted({host_domain, *p.mail_domains})
-    records = [f"{p.hostname}. 300 IN {'A' if a.version == 4 else 'AAAA'} {a}"
-               for a in p.addresses]
-    records += [f"{d}. 300 IN MX 10 {p.hostname}." for d in p.mail_domains]
-    for a in p.addresses:
-        rev = ipaddress.ip_address(a).reverse_pointer
-        zone = rev.split(".", 1)[1]
-        if zone not in zones:
-            zones.append(zone)
-        records.append(f"{rev}. 300 IN PTR {p.hostname}.")
-    if p.lab is not None:
-        # the lab's gateway (this machine, where tests and verify connect from) gets
-        # forward and reverse names, and the domains an SPF record for the lab
-        # network, as a real sending host would have
-        gw = ipaddress.ip_network(f"{p.lab.address}/24", strict=False).network_address + 1
-        gw_name = lab_gateway_name(p)
-        records += [f"{gw_name}. 300 IN A {gw}", f"{gw.reverse_pointer}. 300 IN PTR {gw_name}."]
-        spf = f'"v=spf1 ip4:{ipaddress.ip_network(f"{p.lab.address}/24", strict=False)} -all"'
-        records += [f"{name}. 300 IN TXT {spf}" for name in [p.hostname, *p.mail_domains]]
-    records += p.resolver.extra_records
-    return zones, records
-
-
-def lab_gateway_name(p) -> str:
-    return f"gw.{p.hostname.split('.', 1)[1]}"
-
-
 def declare(p, info) -> list[Resource]:
     lab = p.resolver.mode == "lab"
-    zones, records = lab_dns(p) if lab else ([], [])
+    zones, records = labmode.dns(p) if lab else ([], [])
     systemd = info is not None and info.init == "systemd"
     # logrotate runs from a systemd timer, or from cron's daily run where no systemd runs
     cron = () if systemd else ("cron",)

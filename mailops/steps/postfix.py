@@ -11,23 +11,9 @@ from .tls import tls_paths
 PACKAGES = ("postfix", "postfix-sqlite")
 MAPS = ("domains", "mailboxes", "aliases", "sender-login")
 
-LAB_OUTBOUND = """#!/bin/sh
-# managed by mailops (lab only): keep outbound mail on the host, one file each
-umask 077
-f=/var/spool/mailops/outbound/$(date +%s.%N).$$.eml
-{ printf 'X-Lab-Envelope-From: %s\\n' "$1"; shift; printf 'X-Lab-Envelope-To: %s\\n' "$*"; cat; } >"$f"
-"""
-
-
 def declare(p, info) -> list[Resource]:
     ctx = dict(p=p, tls=tls_paths(p), db_path=DB_PATH)
     res: list[Resource] = [Packages(PACKAGES), Directory("/etc/postfix/sqlite")]
-    if p.mail.outbound == "lab":
-        res += [Directory("/usr/local/lib/mailops"),
-                Directory("/var/spool/mailops"),
-                Directory("/var/spool/mailops/outbound", mode="0700", owner="nobody",
-                          group="nogroup"),
-                File("/usr/local/lib/mailops/lab-outbound", LAB_OUTBOUND, mode="0755")]
     res += [File(f"/etc/postfix/sqlite/{m}.cf", render(f"etc/postfix/sqlite/{m}.cf.j2", **ctx),
                  mode="0640", group="postfix", notify=("postfix",)) for m in MAPS]
     res += [File("/etc/postfix/main.cf", render("etc/postfix/main.cf.j2", **ctx),

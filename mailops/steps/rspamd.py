@@ -1,7 +1,7 @@
 """60-rspamd: rspamd as postfix's milter with redis (Bayes, history), the
 thresholds of the parameters, DKIM signing for every mail domain, the
 controller on loopback with a hashed password; resolving through the server's
-own unbound only (fuzzy_check off in the lab)."""
+own unbound only (what the lab turns off: mailops/labmode.py)."""
 from __future__ import annotations
 
 from ..render import render
@@ -31,13 +31,6 @@ def declare(p, info) -> list[Resource]:
     ctx = dict(r=r, dkim_dir=DKIM_DIR)
     files = [File(f"/etc/rspamd/local.d/{name}", render(f"etc/rspamd/local.d/{name}.j2", **ctx),
                   notify=("rspamd",)) for name in LOCAL_FILES]
-    if p.lab is not None:
-        files += [File("/etc/rspamd/local.d/fuzzy_check.conf",
-                       render("etc/rspamd/local.d/fuzzy_check.conf.j2"), notify=("rspamd",)),
-                  File("/etc/rspamd/local.d/multimap.conf",
-                       render("etc/rspamd/local.d/multimap.conf.j2"), notify=("rspamd",)),
-                  File("/etc/rspamd/local.d/mailops-lab-add-header.map",
-                       "/mailops-lab-add-header/i\n", notify=("rspamd",))]
     return [
         Packages(PACKAGES),
         Directory("/etc/rspamd/mailops", mode="0750", group="_rspamd"),

@@ -28,7 +28,7 @@ def test_rendered_files_match_golden(root, params_name):
     golden = root / "tests" / "golden" / params_name
     seen = set()
     for step in STEPS:
-        for r in step.declare(params, host_info) if step.declare else []:
+        for r in step.resources(params, host_info):
             if not isinstance(r, File) or isinstance(r, _LateFile) \
                     or r.path.startswith("/etc/mailops/tls/"):
                 continue   # certificates are issued, secrets and copies read when planned
@@ -50,8 +50,8 @@ def test_config_templates_carry_the_managed_header(root):
 
 
 def test_lab_resolver_refuses_everything_but_lab_zones(root):
-    from mailops.steps.base import lab_dns
-    zones, records = lab_dns(load_params(root / "parameters" / "lab.yaml"))
+    from mailops.labmode import dns
+    zones, records = dns(load_params(root / "parameters" / "lab.yaml"))
     assert zones == ["example.test", "lab.test", "100.51.198.in-addr.arpa"]
     assert "mx1.lab.test. 300 IN A 198.51.100.10" in records
 
@@ -62,3 +62,18 @@ def test_undefined_template_variable_is_an_error(tmp_path):
     (tmp_path / "t.j2").write_text("{{ nope }}")
     with pytest.raises(jinja2.UndefinedError):
         render("t.j2", root=tmp_path)
+
+
+def test_lab_only_resources_come_from_the_lab_module_alone(root):
+    """Production parameters get no lab file; a lab gets its overlay, and the
+    production steps' own declarations are the same with or without a lab."""
+    example = load_params(root / "parameters" / "example.yaml")
+    lab = load_params(root / "parameters" / "lab.yaml")
+    lab_paths = {"/etc/rspamd/local.d/rbl.conf", "/etc/rspamd/local.d/asn.conf",
+                 "/etc/rspamd/local.d/fuzzy_check.conf", "/etc/rspamd/local.d/multimap.conf",
+                 "/usr/local/lib/mailops/lab-outbound"}
+    paths = lambda p: {r.key for s in STEPS for r in s.resources(p, INFO)}  # noqa: E731
+    assert not paths(example) & lab_paths
+    assert lab_paths <= paths(lab)
+    declared = {r.key for s in STEPS if s.declare for r in s.declare(lab, INFO)}
+    assert not declared & lab_paths

@@ -1,0 +1,87 @@
+"""Everything a lab host's configuration adds to a production server's, in one place.
+
+Production steps declare what a real server needs and know nothing of the lab.
+For a parameters file with a ``lab:`` section, :func:`overlay` adds, per step:
+
+- 50-postfix: the lab's outbound transport (the lab has no route out: mail for
+  other domains is kept in ``/var/spool/mailops/outbound``; ``mail.outbound: lab``
+  selects it in main.cf and master.cf);
+- 60-rspamd: lookups that cannot work in the lab are not made (fuzzy storage,
+  DNS block lists, ASN; the lab resolver refuses them, and rspamd logged an error
+  for each on every message), and a multimap rule the tests use to reach the
+  add_header action.
+
+The lab resolver's zones (:func:`dns`) serve ``resolver.mode: lab``: the lab's
+own domains, its gateway's forward and reverse names, SPF for the lab network.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from .render import render
+from .resources import Directory, File, Resource
+
+OUTBOUND_DIR = "/var/spool/mailops/outbound"
+OUTBOUND_SCRIPT = """#!/bin/sh
+# managed by mailops (lab only): keep outbound mail on the host, one file each
+umask 077
+f=/var/spool/mailops/outbound/$(date +%s.%N).$$.eml
+{ printf 'X-Lab-Envelope-From: %s\\n' "$1"; shift; printf 'X-Lab-Envelope-To: %s\\n' "$*"; cat; } >"$f"
+"""
+# rspamd modules whose lookups the lab resolver refuses, and why they are off
+RSPAMD_OFF = {
+    "fuzzy_check": "the lab has no route out: fuzzy storage servers are out of reach",
+    "rbl": "DNS block lists (RBL, SURBL, DBL) are on the internet; the lab resolver refuses them",
+    "asn": "ASN lookups go to asn.rspamd.com; the lab resolver refuses them",
+}
+
+
+def gateway_name(p) -> str:
+    """The lab gateway's name (this machine, where tests and verify connect from)."""
+    return f"gw.{p.hostname.split('.', 1)[1]}"
+
+
+def dns(p) -> tuple[list[str], list[str]]:
+    """Zones and records the lab resolver answers: the mail domains, the
+    host's own domain and the reverse zones of its addresses."""
+    host_domain = p.hostname.split(".", 1)[1]
+    zones = sorted({host_domain, *p.mail_domains})
+    records = [f"{p.hostname}. 300 IN {'A' if a.version == 4 else 'AAAA'} {a}"
+               for a in p.addresses]
+    records += [f"{d}. 300 IN MX 10 {p.hostname}." for d in p.mail_domains]
+    for a in p.addresses:
+        rev = ipaddress.ip_address(a).reverse_pointer
+        zone = rev.split(".", 1)[1]
+        if zone not in zones:
+            zones.append(zone)
+        records.append(f"{rev}. 300 IN PTR {p.hostname}.")
+    if p.lab is not None:
+        # the gateway gets forward and reverse names, and the domains an SPF record for
+        # the lab network, as a real sending host would have
+        net = ipaddress.ip_network(f"{p.lab.address}/24", strict=False)
+        gw, gw_name = net.network_address + 1, gateway_name(p)
+        records += [f"{gw_name}. 300 IN A {gw}", f"{gw.reverse_pointer}. 300 IN PTR {gw_name}."]
+        records += [f'{name}. 300 IN TXT "v=spf1 ip4:{net} -all"'
+                    for name in [p.hostname, *p.mail_domains]]
+    records += p.resolver.extra_records
+    return zones, records
+
+
+def overlay(step: str, p, info) -> list[Resource]:
+    """What the lab adds to ``step``'s resources (nothing outside the lab)."""
+    if p.lab is None:
+        return []
+    if step == "50-postfix" and p.mail.outbound == "lab":
+        return [Directory("/usr/local/lib/mailops"), Directory("/var/spool/mailops"),
+                Directory(OUTBOUND_DIR, mode="0700", owner="nobody", group="nogroup"),
+                File("/usr/local/lib/mailops/lab-outbound", OUTBOUND_SCRIPT, mode="0755")]
+    if step == "60-rspamd" and p.rspamd.enabled:
+        off = [File(f"/etc/rspamd/local.d/{module}.conf",
+                    render("etc/rspamd/local.d/module-off.conf.j2", why=why), notify=("rspamd",))
+               for module, why in RSPAMD_OFF.items()]
+        return off + [
+            File("/etc/rspamd/local.d/multimap.conf",
+                 render("etc/rspamd/local.d/multimap.conf.j2"), notify=("rspamd",)),
+            File("/etc/rspamd/local.d/mailops-lab-add-header.map",
+                 "/mailops-lab-add-header/i\n", notify=("rspamd",))]
+    return []
