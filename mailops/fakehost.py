@@ -182,11 +182,13 @@ class FakeHost(Host):
     def _cmd_redis_cli(self, a, stdin):
         if "redis-server" not in self.packages:
             return 127, b"", b"sh: 1: redis-cli: not found\n"
-        assert a[2:4] == ["HMGET", "RS"], a
+        if a[2:4] != ["HMGET", "RS"]:
+            raise UnexpectedCommand(f"redis-cli {a[1:]}")
         return 0, "".join(f"{self.redis.get(k, '')}\n" for k in a[4:]).encode(), b""
 
     def _cmd_dpkg_query(self, a, stdin):
-        assert a == DPKG_QUERY, a
+        if a != DPKG_QUERY:
+            raise UnexpectedCommand(f"dpkg-query {a[1:]}")
         return 0, "".join(f"{n}\tii \t{v}\n" for n, v in self.packages.items()).encode(), b""
 
     def _cmd_apt_install(self, a, stdin):

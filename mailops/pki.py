@@ -73,12 +73,19 @@ def _sans(hostname: str, addresses) -> list:
                                        for a in addresses]
 
 
+def crl_url(hostname: str) -> str:
+    """Where the CA says its revocation list is (certificates without a CRL or
+    OCSP URI are rated HIGH by testssl; a public CA's always carry one)."""
+    return f"http://ca.{hostname.split('.', 1)[1]}/mailops-ca.crl"
+
+
 def _current(cert_path: Path, ca_cert, sans) -> bool:
     if not cert_path.exists():
         return False
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     try:
         have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
     except x509.ExtensionNotFound:
         return False
     return (cert.issuer == ca_cert.subject and set(have) == set(sans)
@@ -98,6 +105,9 @@ def _issue(kind: str, ca_key, ca_cert, hostname: str, sans):
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(crl_url(hostname))], None, None, None)]),
+                critical=False)
             .sign(ca_key, hashes.SHA256()))
     return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 

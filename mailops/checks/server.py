@@ -1,0 +1,54 @@
+"""What only the server can tell: learning, fail2ban, the last backup."""
+from __future__ import annotations
+
+import time
+
+from .result import require
+
+
+def learning(host) -> str:
+    from .. import learning as learn
+    stat = learn.check_credentials(host)          # as the mail user, as dovecot runs it
+    counts = learn.counters(host)
+    events = learn.events(host)
+    failed = [e for e in events if e.outcome == "failed"]
+    last = events[-1] if events else None
+    require(last is None or last.outcome != "failed",
+            f"the last learn failed ({last.time}, {last.kind}, status {last.status}: "
+            f"{last.detail}); {len(failed)} of the last {len(events)} failed" if last else "")
+    return (f"learned spam {counts['spam']}, ham {counts['ham']} (rspamd: {stat.get('learned')} "
+            f"learned in all); last {len(events)} learn calls: {len(failed)} failed")
+
+
+def fail2ban(session, params) -> str:
+    from ..steps import fail2ban as f2b
+    host = session.host
+    want = f2b.jails(params, session.info)
+    status = host.run(["fail2ban-client", "status"]).out
+    running = [j.strip() for j in status.split("Jail list:", 1)[1].split(",")] \
+        if "Jail list:" in status else []
+    missing = [j for j in want if j not in running]
+    require(not missing, f"jails not running: {', '.join(missing)} "
+                         f"(running: {', '.join(running)})")
+    counts = host.run(["sqlite3", f2b.DB_FILE, "SELECT count(*), count(DISTINCT ip), "
+                       "coalesce(min(timeofban), 0) FROM bans; SELECT count(*) FROM bans "
+                       "WHERE timeofban + bantime > strftime('%s','now') OR bantime < 0"]).out.split()
+    total, ips, first = counts[0].split("|")
+    since = time.strftime("%Y-%m-%d", time.gmtime(int(first))) if int(first) else "-"
+    return (f"jails running: {', '.join(want)}; banned now: {counts[1]}; "
+            f"history: {total} bans of {ips} addresses since {since}")
+
+
+def last_backup(session, params) -> str:
+    from .. import backup
+    run = backup.last_run(session)
+    require(run is not None, "no backup has run yet")
+    require(run["exit"] == 0, f"the last backup failed (exit {run['exit']}, "
+                              f"{run['age_hours']} h ago); see {backup.PATHS.log}")
+    require(run["age_hours"] <= params.backup.max_age_hours,
+            f"the last backup is {run['age_hours']} h old (limit {params.backup.max_age_hours} h)")
+    archives = backup.archives(session)
+    require(archives, "the repository holds no archive")
+    last = archives[-1]
+    return (f"{last['name']} ({run['age_hours']} h ago, {run['end'] - run['start']} s); "
+            f"{len(archives)} archive(s) in the repository")

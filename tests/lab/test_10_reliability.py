@@ -1,0 +1,136 @@
+"""Reliability and the outside review: TLS audited by testssl, SMTP smuggling
+refused (and the probe shown to catch it), no rspamd error per message in the
+lab, postfix not stalling after a dovecot restart, checks that survive -O."""
+import json
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mailops import verify
+from mailops.checks import smtp
+from mailops.session import Session
+
+# testssl 3.0.8 speaks no ManageSieve STARTTLS: 4190 is checked by hand below
+TLS_PORTS = {25: "smtp", 465: None, 587: "smtp", 993: None}
+
+
+def run_testssl(address: str, port: int, starttls: str | None, ca: str, out) -> list[dict]:
+    args = ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none",
+            "--add-ca", ca, "--jsonfile", str(out)]
+    if starttls:
+        args += ["--starttls", starttls]
+    subprocess.run(args + [f"{address}:{port}"], capture_output=True, timeout=600)
+    return json.loads(out.read_text())
+
+
+def test_testssl_finds_nothing_high_or_critical(params, tmp_path):
+    """Debian's testssl against every TLS port, the lab CA trusted: no HIGH or
+    CRITICAL finding (aNULL ciphers were CRITICAL on 25/465/587), TLS >= 1.2."""
+    ca = str(params.path(params.tls.ca_dir) / "ca.crt")
+    address = str(params.addresses[0])
+    with ThreadPoolExecutor(len(TLS_PORTS)) as pool:
+        found = dict(zip(TLS_PORTS, pool.map(
+            lambda item: run_testssl(address, item[0], item[1], ca, tmp_path / f"{item[0]}.json"),
+            TLS_PORTS.items())))
+    bad = {port: [(f["id"], f["finding"]) for f in findings
+                  if f["severity"] in ("HIGH", "CRITICAL")] for port, findings in found.items()}
+    assert not any(bad.values()), bad
+    for port, findings in found.items():
+        offered = {f["id"]: f["finding"] for f in findings}
+        assert "not offered" in offered.get("TLS1_1", "not offered"), (port, offered.get("TLS1_1"))
+        assert "not offered" in offered.get("cipherlist_aNULL", "not offered"), port
+        assert offered.get("TLS1_2") or offered.get("TLS1_3"), port
+
+
+def managesieve_tls(address: str, hostname: str, ctx: ssl.SSLContext) -> str:
+    with socket.create_connection((address, 4190), timeout=10) as raw:
+        f = raw.makefile("rb")
+        while not f.readline().startswith(b"OK"):
+            pass
+        raw.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"OK"), "STARTTLS refused"
+        with ctx.wrap_socket(raw, server_hostname=hostname) as s:
+            return s.version()
+
+
+def test_managesieve_tls_is_1_2_or_newer(params):
+    t = verify.target_from(params)
+    assert managesieve_tls(t.address, t.hostname, t.context()) in ("TLSv1.2", "TLSv1.3")
+    old = t.context()
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        managesieve_tls(t.address, t.hostname, old)
+
+
+def test_smtp_smuggling_probe_refused_and_able_to_fail(params):
+    """Every non-standard end-of-DATA keeps one message; with postfix's default
+    on Debian 12 (smtpd_forbid_bare_newline = no) the same probe catches the split."""
+    t = verify.target_from(params)
+    probe = lambda: [verify.check(n, lambda n=n, e=e: smtp.smuggling(t, "alice@lab.test", n, e))  # noqa: E731
+                     for n, e in smtp.SMUGGLING_ENDINGS.items()]
+    assert all(c.ok for c in probe()), probe
+    with Session(params) as s:
+        s.host.run(["postconf", "-e", "smtpd_forbid_bare_newline=no"])
+        s.host.run(["postfix", "reload"])
+        try:
+            time.sleep(1)
+            weak = probe()
+        finally:
+            s.host.run(["postconf", "-e", "smtpd_forbid_bare_newline=normalize"])
+            s.host.run(["postfix", "reload"])
+    assert sum(not c.ok for c in weak) >= 3, weak
+
+
+def test_no_rspamd_error_per_message_in_the_lab(params):
+    """Lookups that cannot work in the lab (RBL, SURBL, ASN, fuzzy) are not made:
+    mail from outside leaves no error line in rspamd's log."""
+    t = verify.target_from(params)
+    with Session(params) as s:
+        before = int(s.host.run(["sh", "-c", "wc -l < /var/log/rspamd/rspamd.log"]).out)
+        for _ in range(3):
+            smtp.deliver(t, 25, None, "alice@lab.test", "alice@lab.test")
+        time.sleep(1)
+        new = s.host.run(["tail", "-n", f"+{before + 1}", "/var/log/rspamd/rspamd.log"]).out
+    scans = [ln for ln in new.splitlines() if "rspamd_task_write_log" in ln]
+    errors = [ln for ln in new.splitlines()
+              if "error looking up" in ln or "query refused" in ln or "<error>" in ln.lower()]
+    assert len(scans) >= 3, new[-2000:]
+    assert not errors, errors[:5]
+
+
+def test_dovecot_restart_does_not_suspend_lmtp_delivery(params):
+    """A dovecot restart refuses LMTP for a moment: postfix must not mark the
+    destination dead for minutes ("delivery temporarily suspended"): mail sent
+    while it was down arrives within a minute of its return."""
+    t = verify.target_from(params)
+    with Session(params) as s:
+        s.host.run(["sh", "-c", "service dovecot stop </dev/null >/dev/null 2>&1"])
+        tokens = []
+        try:
+            for _ in range(5):
+                token = uuid.uuid4().hex
+                with t.smtp(25) as c:
+                    c.send_message(verify.message("verify@mx1.lab.test", "alice@lab.test", token),
+                                   "verify@mx1.lab.test", ["alice@lab.test"])
+                tokens.append(token)
+            time.sleep(2)
+            queued = s.host.run(["postqueue", "-j"]).out
+            assert len(queued.splitlines()) >= 5, queued   # deferred while dovecot is down
+        finally:
+            s.host.run(["sh", "-c", "service dovecot start </dev/null >/dev/null 2>&1"])
+        started = time.monotonic()
+        while s.host.run(["postqueue", "-j"]).out.strip() and time.monotonic() - started < 75:
+            time.sleep(2)
+        took = time.monotonic() - started
+        log = s.host.run(["tail", "-n", "400", "/var/log/postfix.log"]).out
+    assert took < 75, f"queue not empty {took:.0f} s after dovecot came back"
+    assert all(verify.find_and_delete(t, "alice@lab.test", tok, wait=10) for tok in tokens)
+    assert "delivery temporarily suspended" not in log
+
