@@ -15,7 +15,9 @@ from .steps.backup import PATHS
 from .steps.dovecot import dovecot_series
 from .tables import html_table
 
-SCRATCH = "/var/tmp/mailops-restore"
+# restores are extracted into a new private directory here (the mail store's
+# filesystem, so a restored mailbox is renamed into place, owners kept)
+SCRATCH_PARENT = "/var/mail"
 VHOSTS = "/var/mail/vhosts"
 _ADDRESS = re.compile(r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$")
 _ARCHIVE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
@@ -78,7 +80,7 @@ class DrillReport:
 
 
 def _helper(session, request: dict, timeout: float = 1800) -> dict:
-    req = {"scratch": SCRATCH, "vhosts": VHOSTS, "archive": "",
+    req = {"scratch_parent": SCRATCH_PARENT, "vhosts": VHOSTS, "archive": "",
            "series": dovecot_series(session.info), **request}
     if req["archive"] and not _ARCHIVE.fullmatch(req["archive"]):
         raise BackupError(f"not an archive name: {req['archive']!r}")

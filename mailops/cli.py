@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     lab = sub.add_parser("lab", help="the lab host: a throwaway Debian server on this machine")
-    lab.add_argument("action", choices=["up", "down", "status", "ssh"])
+    lab.add_argument("action", choices=["up", "down", "status", "ssh", "seed"],
+                     help="seed: fill the lab's mailboxes with a corpus (folders, flags, "
+                          "attachments) and back it up, so the restore drill proves something")
     lab.add_argument("--params", default=str(DEFAULT_PARAMS), help="parameters file with a lab: section")
     lab.add_argument("--purge", action="store_true", help="with down: also remove the rootfs and keys")
     lab.add_argument("command", nargs="*", help="with ssh: a command to run")
@@ -72,8 +74,23 @@ def _lab(args) -> int:
             print(f"{bst} (backup host)")
             return 0 if st.up and bst.up else 3
         return 0 if st.up else 3
+    elif args.action == "seed":
+        return _seed(params)
     else:
         exec_replace(lab.ssh_argv(spec, *args.command))
+    return 0
+
+
+def _seed(params) -> int:
+    from .labmode import seed_mail
+    added = seed_mail(params)
+    print("seeded: " + ", ".join(f"{u} +{n}" for u, n in added.items()))
+    if params.backup.enabled and any(added.values()):
+        from .session import Session
+        from .steps.backup import PATHS
+        with Session(params) as s:            # a backup that holds the corpus
+            s.host.run([PATHS.run], timeout=900)
+        print("backed up")
     return 0
 
 

@@ -1,9 +1,12 @@
 """Restore drill and mailbox restore, on the server (stdlib only).
 
 Input (JSON on stdin): {"action": "drill"|"restore", "archive": NAME or "",
-"scratch": DIR, "vhosts": DIR, "series": "2.3"|"2.4", "user": ADDRESS (restore)}.
+"scratch_parent": DIR, "vhosts": DIR, "series": "2.3"|"2.4", "user": ADDRESS (restore)}.
 Output: JSON.  Messages are compared by (folder, GUID) and the SHA-256 of their
 full text, as doveadm fetches them from the live store and from the restored one.
+The archive is extracted into a new private directory (mkdtemp) under
+``scratch_parent``, on the mail store's filesystem, so a restored mailbox is
+renamed into place with its owners as archived; it is removed afterwards.
 """
 import hashlib
 import json
@@ -11,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 BORG = "/usr/local/sbin/mailops-borg"
@@ -74,12 +78,33 @@ def archive_time(name):
     return info["archives"][0]["start"][:19].replace("T", " ")
 
 
-def extract(scratch, name, paths):
-    if os.path.exists(scratch):
-        shutil.rmtree(scratch)
-    os.makedirs(scratch, mode=0o750)
+def make_scratch(parent):
+    """A new private directory for one run (never a fixed, guessable path)."""
+    scratch = tempfile.mkdtemp(prefix=".mailops-restore-", dir=parent)
     shutil.chown(scratch, "root", "vmail")     # doveadm reads the restored store as vmail
     os.chmod(scratch, 0o750)
+    return scratch
+
+
+def move_into_place(src, dst):
+    """Rename (same filesystem: owners and modes kept as archived); across
+    filesystems copy with every file's owner kept, then remove the source."""
+    try:
+        os.rename(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != 18:           # EXDEV
+            raise
+    shutil.copytree(src, dst, symlinks=True, copy_function=shutil.copy2)
+    for top, dirs, files in os.walk(src):
+        for n in [""] + dirs + files:
+            s = os.path.join(top, n) if n else top
+            st = os.lstat(s)
+            os.lchown(os.path.join(dst, os.path.relpath(s, src)), st.st_uid, st.st_gid)
+    shutil.rmtree(src)
+
+
+def extract(scratch, name, paths):
     run([BORG, "extract", f"::{name}", *[p.lstrip("/") for p in paths]], cwd=scratch)
     # borg makes the parents it did not archive 0700: let vmail through them
     for p in paths:
@@ -138,7 +163,8 @@ def restore(req):
         # the mailbox is gone or empty: put the archived one back as it was
         if os.path.exists(home):
             os.rename(home, f"{home}.before-restore-{int(time.time())}")
-        shutil.move(restored, home)
+        os.makedirs(os.path.dirname(home), exist_ok=True)
+        move_into_place(restored, home)
         mode = "replaced"
     else:
         # messages are there: add the archived ones beside them, never over them
@@ -152,6 +178,7 @@ def restore(req):
 
 def main():
     req = json.load(sys.stdin)
+    req["scratch"] = make_scratch(req["scratch_parent"])
     try:
         result = {"drill": drill, "restore": restore}[req["action"]](req)
     finally:

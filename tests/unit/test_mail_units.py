@@ -9,7 +9,7 @@ from cryptography import x509
 
 from mailops.facts import parse_host_info
 from mailops.host import LocalHost
-from mailops.params import ParamsError, parse_params
+from mailops.params import ParamsError, load_params, parse_params
 from mailops.passwords import choose_scheme, hash_password, parse_schemes, verify_password
 from mailops.pki import ensure_issued
 from mailops.resources.maildb import parse_dump, userdb
@@ -193,3 +193,14 @@ def test_tables_escape_values_but_not_markup():
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "<details><summary>diff</summary><pre>-x &lt;y&gt;</pre></details>" in out
     assert "t &lt;1&gt;" in out and "<table" in out
+
+
+def test_seed_corpus_is_deterministic_with_folders_flags_and_attachments(root):
+    from mailops.labmode import SEED_FOLDERS, seed_mail, seed_messages
+    a = list(seed_messages("alice@lab.test", 40))
+    assert a == list(seed_messages("alice@lab.test", 40))                 # same every run
+    assert {f for f, _, _ in a} == set(SEED_FOLDERS)
+    assert any("\\Flagged" in fl for _, fl, _ in a) and any(fl == "" for _, fl, _ in a)
+    assert sum(b"filename=\"data-" in raw for _, _, raw in a) == 8
+    with pytest.raises(ValueError, match="lab hosts only"):
+        seed_mail(load_params(root / "parameters" / "example.yaml"))

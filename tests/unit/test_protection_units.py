@@ -206,3 +206,25 @@ def test_learn_summary_on_a_host_without_learning_says_so():
     s = summary(fake)
     assert s.counts == {"spam": 3, "ham": 1} and len(s.events) == 1
     assert "learned spam 3, ham 1; last 1 learn calls, 0 failed" == str(s)
+
+
+def test_restored_mailbox_keeps_its_owners_across_filesystems(tmp_path):
+    """A restored mailbox moved across filesystems keeps each file's owner
+    (shutil.move copied it as root, and dovecot could not read it)."""
+    import os
+    import pathlib
+    import tempfile
+    from mailops.remote import restore
+    shm = pathlib.Path(tempfile.mkdtemp(dir="/dev/shm"))
+    if os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        raise AssertionError("this test needs /dev/shm and the temp dir on two filesystems")
+    src = shm / "alice"
+    (src / "mdbox" / "storage").mkdir(parents=True)
+    (src / "mdbox" / "storage" / "m.1").write_bytes(b"mail")
+    for p in [src, src / "mdbox", src / "mdbox" / "storage", src / "mdbox" / "storage" / "m.1"]:
+        os.lchown(p, 5000, 5000)
+    restore.move_into_place(str(src), str(tmp_path / "alice"))
+    moved = [tmp_path / "alice", tmp_path / "alice" / "mdbox" / "storage" / "m.1"]
+    assert [(os.stat(p).st_uid, os.stat(p).st_gid) for p in moved] == [(5000, 5000)] * 2
+    assert not src.exists() and moved[1].read_bytes() == b"mail"
+    shm.rmdir()
