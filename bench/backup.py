@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from mailops.params import load_params  # noqa: E402
 from mailops.session import Session  # noqa: E402
-from mailops.steps.backup import PATHS  # noqa: E402
+from mailops.layout import BACKUP as PATHS  # noqa: E402
 
 PARAMS = ROOT / "parameters" / "lab.yaml"
 USER = "bob@example.test"

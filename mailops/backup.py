@@ -11,14 +11,14 @@ import time
 
 from .host import CommandError
 from .remote import source
-from .steps.backup import PATHS
-from .steps.dovecot import dovecot_series
+from .facts import dovecot_series
+from .layout import BACKUP as PATHS
+from .layout import VHOSTS
 from .tables import html_table
 
 # restores are extracted into a new private directory here (the mail store's
 # filesystem, so a restored mailbox is renamed into place, owners kept)
 SCRATCH_PARENT = "/var/mail"
-VHOSTS = "/var/mail/vhosts"
 _ADDRESS = re.compile(r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$")
 _ARCHIVE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 

@@ -87,7 +87,7 @@ def _seed(params) -> int:
     print("seeded: " + ", ".join(f"{u} +{n}" for u, n in added.items()))
     if params.backup.enabled and any(added.values()):
         from .session import Session
-        from .steps.backup import PATHS
+        from .layout import BACKUP as PATHS
         with Session(params) as s:            # a backup that holds the corpus
             s.host.run([PATHS.run], timeout=900)
         print("backed up")

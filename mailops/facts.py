@@ -131,3 +131,18 @@ def series(info, package: str, by_release: dict[tuple[str, str], str], default: 
         if m:
             return m.group(1)
     return by_release.get((info.os_id, info.os_version), default)
+
+
+# the distribution's packages, when they are not installed yet
+RELEASE_DOVECOT = {("debian", "12"): "2.3", ("ubuntu", "24.04"): "2.3", ("debian", "13"): "2.4"}
+RELEASE_BORGMATIC = {("debian", "12"): "1.7", ("ubuntu", "24.04"): "1.8", ("debian", "13"): "1.9"}
+
+
+def dovecot_series(info) -> str:
+    """'2.3' or '2.4': the installed dovecot's, else the release's."""
+    return series(info, "dovecot-core", RELEASE_DOVECOT, "2.3")
+
+
+def borgmatic_series(info) -> str:
+    """'1.7' (sectioned config) or a later one (flat config)."""
+    return series(info, "borgmatic", RELEASE_BORGMATIC, "1.7")

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import re
 
-from .steps.sieve import LEARN_LOG, PIPE_DIR
+from .layout import LEARN_LOG, PIPE_DIR
 
 # rspamd's Bayes statistics in redis: the RS hash counts learns per class
 COUNTERS = ["redis-cli", "--raw", "HMGET", "RS", "learns_spam", "learns_ham"]

@@ -5,45 +5,21 @@ fail2ban's and redis' state (consistent copies made before each run) and /etc.
 Daily by a systemd timer where systemd runs, by cron otherwise."""
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 
-from ..facts import series
+from ..facts import borgmatic_series
+from ..layout import BACKUP, VHOSTS
 from ..render import render
 from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.borg import BorgRepository
 from ..resources.files import CopiedFile, SecretFile, ValidatedFile
 from ..resources.maildb import DB_PATH
-from .sieve import LOG_DIR, mailops_logs
+from .shared import mailops_logs
 
-# borgmatic of the distribution, when it is not installed yet
-RELEASE_BORGMATIC = {("debian", "12"): "1.7", ("ubuntu", "24.04"): "1.8", ("debian", "13"): "1.9"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Paths:
-    conf_dir: str = "/etc/borgmatic/mailops"
-    passphrase: str = "/etc/borgmatic/mailops/passphrase"
-    ssh_key: str = "/etc/borgmatic/mailops/ssh_key"
-    known_hosts: str = "/etc/borgmatic/mailops/known_hosts"
-    config: str = "/etc/borgmatic/config.yaml"
-    wrapper: str = "/usr/local/sbin/mailops-borg"
-    run: str = "/usr/local/sbin/mailops-backup"
-    prepare: str = "/usr/local/lib/mailops/backup-prepare"
-    dumps: str = "/var/backups/mailops"
-    log: str = f"{LOG_DIR}/backup.log"
-    state: str = "/var/lib/mailops/backup-last.json"
-
-
-PATHS = Paths()
-SOURCES = ("/etc", "/var/mail/vhosts", "/var/lib/rspamd/dkim", PATHS.dumps)
+PATHS = BACKUP
+SOURCES = ("/etc", VHOSTS, "/var/lib/rspamd/dkim", PATHS.dumps)
 EXCLUDES = (PATHS.conf_dir,)      # the repository's own key and passphrase stay out of it
-
-
-def borgmatic_series(info) -> str:
-    """'1.7' (sectioned config) or a later one (flat config)."""
-    return series(info, "borgmatic", RELEASE_BORGMATIC, "1.7")
 
 
 def flat(series: str) -> bool:

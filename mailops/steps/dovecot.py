@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..facts import series
+from ..facts import dovecot_series
+from ..layout import SIEVE_BEFORE, VHOSTS, sieve_layout, tls_paths
 from ..render import render
 from ..resources import Directory, File, Group, Packages, Resource, Service, User
 from ..resources.maildb import DB_PATH
 from .checks import dovecot_check
-from .sieve import layout as sieve_layout
-from .tls import tls_paths
 
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
             "dovecot-managesieved", "dovecot-sqlite")
-SIEVE_BEFORE = "/etc/dovecot/sieve/before.d"
-# the distribution's dovecot, when it is not installed yet
-RELEASE_DOVECOT = {("debian", "12"): "2.3", ("ubuntu", "24.04"): "2.3", ("debian", "13"): "2.4"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Vmail:
     uid_name: str = "vmail"
     gid_name: str = "vmail"
-    home: str = "/var/mail/vhosts"
-
-
-def dovecot_series(info) -> str:
-    """'2.3' or '2.4': the installed dovecot's, else the release's."""
-    return series(info, "dovecot-core", RELEASE_DOVECOT, "2.3")
+    home: str = VHOSTS
 
 
 def smoke_command(p) -> tuple[str, ...]:

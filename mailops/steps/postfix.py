@@ -2,11 +2,11 @@
 dovecot SASL, virtual domains from the users database, delivery over LMTP."""
 from __future__ import annotations
 
+from ..layout import tls_paths
 from ..render import render
 from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.maildb import DB_PATH
 from .checks import POSTFIX_CHECK
-from .tls import tls_paths
 
 PACKAGES = ("postfix", "postfix-sqlite")
 MAPS = ("domains", "mailboxes", "aliases", "sender-login")

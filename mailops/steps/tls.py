@@ -6,25 +6,18 @@ existing certificates on the server (an ACME client's), used as they are.
 """
 from __future__ import annotations
 
+from ..facts import dovecot_series
+from ..layout import TLS_DIR, tls_paths
 from ..pki import ensure_issued
 from ..resources import Directory, File, Resource, Service
 from .checks import POSTFIX_CHECK, dovecot_check
 
-TLS_DIR = "/etc/mailops/tls"
+
 # postfix and dovecot are configured by later steps; here they are only
 # reloaded, when they run, after a certificate changes
 def users(info) -> tuple[Service, ...]:
-    from .dovecot import dovecot_series
     return (Service("postfix", running=None, check=POSTFIX_CHECK),
             Service("dovecot", running=None, check=dovecot_check(dovecot_series(info))))
-
-
-def tls_paths(p) -> dict[str, str]:
-    if p.tls.source == "files":
-        return {"rsa_cert": p.tls.rsa_cert, "rsa_key": p.tls.rsa_key,
-                "ec_cert": p.tls.ec_cert, "ec_key": p.tls.ec_key}
-    return {f"{kind}_{part}": f"{TLS_DIR}/{kind}.{ext}" for kind in ("rsa", "ec")
-            for part, ext in (("cert", "crt"), ("key", "key"))}
 
 
 def declare(p, info) -> list[Resource]:

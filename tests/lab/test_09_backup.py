@@ -11,7 +11,7 @@ from conftest import LAB_PARAMS, ROOT, mailops_cli
 from mailops import backup, verify
 from mailops.secrets import resolve
 from mailops.remote.restore import FETCH_FIELDS, parse_fetch
-from mailops.steps.backup import PATHS
+from mailops.layout import BACKUP as PATHS
 
 BOB_HOME = "/var/mail/vhosts/example.test/bob"
 

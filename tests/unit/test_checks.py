@@ -45,3 +45,19 @@ def test_smuggling_payload_hides_a_second_transaction_behind_the_ending():
         assert rest.startswith(b"MAIL FROM:<verify@mx1.lab.test>\r\nRCPT TO:<alice@lab.test>\r\n")
         assert b"X-Mailops-Verify: tok2" in rest and rest.endswith(b"\r\n.\r\n")
         assert rest.count(b"\r\n.\r\n") == 1
+
+
+def test_steps_never_import_each_other(root):
+    """Shared paths and facts live in mailops.layout and mailops.facts: a step
+    module imports no other step (the dovecot <-> tls cycle hid in a function)."""
+    steps = {p.stem for p in (root / "mailops" / "steps").glob("*.py")} - {"__init__", "checks",
+                                                                          "shared"}
+    found = []
+    for f in (root / "mailops" / "steps").glob("*.py"):
+        if f.stem == "__init__":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = {node.module} if node.module else {a.name for a in node.names}
+                found += [f"{f.stem} imports {n}" for n in names if n in steps]
+    assert not found, found

@@ -14,7 +14,7 @@ from mailops.passwords import choose_scheme, hash_password, parse_schemes, verif
 from mailops.pki import ensure_issued
 from mailops.resources.maildb import parse_dump, userdb
 from mailops.secrets import Secret
-from mailops.steps.dovecot import dovecot_series
+from mailops.facts import dovecot_series
 from mailops.verify import Check, CheckReport
 
 

@@ -9,6 +9,7 @@ from mailops.params import load_params
 from mailops.plan import Status, apply, plan
 from mailops.resources import Directory, SieveScript
 from mailops.resources.files import SecretFile
+from mailops import layout
 from mailops.steps import sieve as sieve_step
 
 PATH = "/etc/dovecot/sieve/before.d/10-x.sieve"
@@ -92,13 +93,13 @@ def test_learn_log_and_counters_parse():
 def test_step_follows_the_parameters(root):
     p = load_params(root / "parameters" / "lab.yaml")
     paths = [r.path for r in sieve_step.declare(p, None)]
-    assert sieve_step.PASSWORD_FILE in paths and sieve_step.layout(p).spam_script in paths
+    assert layout.LEARN_PASSWORD in paths and layout.sieve_layout(p).spam_script in paths
     no_learn = p.model_copy(update={"sieve": p.sieve.model_copy(update={"learn": False})})
     assert [r.path for r in sieve_step.declare(no_learn, None)] == [
         "/etc/dovecot/sieve/before.d/10-spam-to-junk.sieve"]
     no_rspamd = p.model_copy(update={"rspamd": p.rspamd.model_copy(update={"enabled": False})})
-    assert not sieve_step.layout(no_rspamd).learn
-    assert all(not isinstance(r, Directory) or r.path != sieve_step.LEARN_DIR
+    assert not layout.sieve_layout(no_rspamd).learn
+    assert all(not isinstance(r, Directory) or r.path != layout.LEARN_DIR
                for r in sieve_step.declare(no_rspamd, None))
 
 
@@ -155,7 +156,8 @@ def _info(version, init="sysv", **packages):
 
 
 def test_borgmatic_format_follows_the_installed_version(root):
-    from mailops.steps.backup import borgmatic_series, declare, flat
+    from mailops.facts import borgmatic_series
+    from mailops.steps.backup import declare, flat
     assert borgmatic_series(_info("12")) == "1.7" and not flat("1.7")
     assert borgmatic_series(_info("13")) == "1.9" and flat("1.9")
     assert borgmatic_series(_info("12", borgmatic="1.8.2-1~bpo12+1")) == "1.8"
