@@ -14,11 +14,14 @@ import dataclasses
 import time
 from typing import Callable
 
+from .fakestack import (PACKAGE_DIRS, PACKAGE_SERVICES, PACKAGE_USERS, PACKAGE_VERSIONS,
+                        StackCommands)
 from .host import CommandError, Host, Result
 from .resources.system import DPKG_QUERY
 
 READ_ONLY = {"stat_paths", "service_status", "batch", "hostname_is", "cat", "getent",
-             "dpkg-query", "uname", "df", "init_system", "nft-list", "check"}
+             "dpkg-query", "uname", "df", "init_system", "nft-list", "check", "userdb_dump",
+             "sieve_fresh", "borg_repo_state"}
 
 
 class UnexpectedCommand(AssertionError):
@@ -33,11 +36,7 @@ class FakeFile:
     group: str = "root"
 
 
-# directories a package creates that later resources write into
-PACKAGE_DIRS = {"logrotate": ("/etc/logrotate.d",)}
-
-
-class FakeHost(Host):
+class FakeHost(StackCommands, Host):
     def __init__(self, url: str = "fake://mx1"):
         self.url = url
         self.files: dict[str, FakeFile] = {
@@ -46,7 +45,10 @@ class FakeHost(Host):
             "/proc/meminfo": FakeFile(b"MemTotal: 2048000 kB\nMemAvailable: 1024000 kB\n"),
         }
         self.dirs: dict[str, FakeFile] = {d: FakeFile(b"", 0o755) for d in
-                                         ("/", "/etc", "/etc/unbound", "/etc/default", "/var")}
+                                         ("/", "/etc", "/etc/unbound", "/etc/default", "/var",
+                                          "/var/lib", "/var/log", "/var/backups", "/var/mail",
+                                          "/var/spool", "/usr", "/usr/local", "/usr/local/lib",
+                                          "/usr/local/sbin", "/etc/cron.d")}
         self.links: dict[str, str] = {}
         self.packages: dict[str, str] = {"openssh-server": "1:9.2p1-2"}
         self.users: dict[str, tuple[str, str, str]] = {"root": ("root", "/root", "/bin/bash")}
@@ -58,12 +60,13 @@ class FakeHost(Host):
         # name of a check command -> function(fake) returning an error text or ""
         self.checks: dict[str, Callable[["FakeHost"], str]] = {}
         # package -> init scripts it ships
-        self.package_services: dict[str, tuple[str, ...]] = {"unbound": ("unbound",),
-                                                             "cron": ("cron",)}
+        self.package_services: dict[str, tuple[str, ...]] = dict(PACKAGE_SERVICES)
+        self.checks_run: list[str] = []
         self.fail_writes: set[str] = set()
         self.redis: dict[str, int] = {}                 # rspamd's RS hash: learns_spam, learns_ham
         self.commands: list[tuple[str, ...]] = []
         self.round_trips = 0
+        self._init_stack()
 
     # -- transport ---------------------------------------------------------------
     def _exec(self, argv, stdin, timeout):
@@ -98,8 +101,12 @@ class FakeHost(Host):
         name = _name(a)
         handler = getattr(self, "_cmd_" + name.replace("-", "_"), None)
         if handler is None:
-            raise UnexpectedCommand(f"fake host got an unexpected command: {a[:6]}")
+            raise self._unexpected(a)
         return handler(a, stdin)
+
+    @staticmethod
+    def _unexpected(a) -> UnexpectedCommand:
+        return UnexpectedCommand(f"fake host got an unexpected command: {a[:6]}")
 
     def _cmd_stat_paths(self, a, stdin):
         out = []
@@ -193,9 +200,12 @@ class FakeHost(Host):
 
     def _cmd_apt_install(self, a, stdin):
         for pkg in a[4:]:
-            self.packages[pkg] = "1.0-fake"
+            self.packages[pkg] = PACKAGE_VERSIONS.get(pkg, "1.0-fake")
             for d in PACKAGE_DIRS.get(pkg, ()):
                 self.dirs.setdefault(d, FakeFile(b"", 0o755))
+            for user, group in [PACKAGE_USERS[pkg]] if pkg in PACKAGE_USERS else []:
+                self.groups.add(group)
+                self.users.setdefault(user, (group, "/nonexistent", "/usr/sbin/nologin"))
             for svc in self.package_services.get(pkg, ()):
                 self.service_scripts.add(svc)
                 self.services.setdefault(svc, {"active": False, "enabled": True})
@@ -292,8 +302,7 @@ class FakeHost(Host):
         return self._run_check("unbound-checkconf")
 
     def _run_check(self, name):
-        problem = self.checks[name](self) if name in self.checks else ""
-        return (1, b"", problem.encode()) if problem else (0, b"", b"")
+        return self._check(name)
 
 
 def _name(argv) -> str:

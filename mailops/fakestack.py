@@ -1,0 +1,153 @@
+"""The mail stack as the fake host knows it: the commands the steps 30-80 send
+(the users-database helper, config checks and smoke tests, rspamd's password
+and DKIM keys, borg's repository), emulated over the fake file system.
+
+Every config check is a named entry of ``FakeHost.checks`` (a function of the
+fake returning an error text, "" when fine), so a unit test can make any check
+fail and see the step roll back.  The users-database helper runs its real SQL
+(mailops/remote/userdb.py) against an in-memory sqlite database.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+# check names as tests address them -> how the command is recognised
+CHECK_NAMES = ("postfix-check", "doveconf", "rspamadm-configtest", "fail2ban-test",
+               "dovecot-smoke", "rspamd-ready", "sievec", "unbound-checkconf", "nft-check",
+               "logrotate", "borgmatic-validate")
+
+# directories a package creates that later resources write into
+PACKAGE_DIRS = {
+    "logrotate": ("/etc/logrotate.d",),
+    "postfix": ("/etc/postfix",),
+    "dovecot-core": ("/etc/dovecot", "/etc/dovecot/conf.d"),
+    "rspamd": ("/etc/rspamd", "/etc/rspamd/local.d", "/var/lib/rspamd"),
+    "fail2ban": ("/etc/fail2ban", "/etc/fail2ban/filter.d", "/etc/fail2ban/jail.d"),
+    "borgmatic": ("/etc/borgmatic",),
+    "cron": ("/etc/cron.d",),
+}
+PACKAGE_SERVICES = {"unbound": ("unbound",), "cron": ("cron",), "postfix": ("postfix",),
+                    "dovecot-core": ("dovecot",), "rspamd": ("rspamd",),
+                    "redis-server": ("redis-server",), "fail2ban": ("fail2ban",)}
+# Debian 12's versions where a step reads one (dovecot 2.3 syntax, borgmatic 1.7 format)
+PACKAGE_VERSIONS = {"dovecot-core": "1:2.3.19.1+dfsg1-2.1+deb12u1", "borgmatic": "1.7.7-1",
+                    "postfix": "3.7.11-0+deb12u1", "rspamd": "3.4-1"}
+PACKAGE_USERS = {"postfix": ("postfix", "postfix"), "rspamd": ("_rspamd", "_rspamd"),
+                 "redis-server": ("redis", "redis")}
+
+
+class StackCommands:
+    """Mixin of FakeHost: handlers named ``_cmd_<name>`` (see fakehost._name)."""
+
+    def _init_stack(self):
+        self.userdb: sqlite3.Connection | None = None     # created by the first write
+        self.borg_archives: list[str] = []
+
+    # -- the users database helper (its real SQL) --------------------------------
+    def _userdb_module(self) -> dict:
+        from .remote import source
+        ns: dict = {"__name__": "fake_userdb"}
+        exec(compile(source("userdb").rsplit("\nmain()", 1)[0], "userdb.py", "exec"), ns)
+        return ns
+
+    def _userdb_request(self, req: dict) -> tuple[int, bytes, bytes]:
+        from .resources.maildb import DB_PATH
+        from .fakehost import FakeFile
+        ns = self._userdb_module()
+        if req["op"] == "dump" and self.userdb is None:
+            return 0, json.dumps({"version": 0, "exists": False}).encode(), b""
+        if self.userdb is None:
+            if DB_PATH.rsplit("/", 1)[0] not in self.dirs:
+                return 1, b"", b"sqlite3.OperationalError: unable to open database file\n"
+            self.userdb = sqlite3.connect(":memory:", isolation_level=None)
+            self.files[DB_PATH] = FakeFile(b"SQLite format 3\0", 0o640, "root",
+                                           req.get("group", "root"))
+        op, args = req["op"], req.get("args", {})
+        if op == "dump":
+            reply = ns["dump"](self.userdb)
+        elif op == "migrate":
+            reply = ns["migrate"](self.userdb)
+        else:
+            reply = ns["write"](self.userdb, ns["OPS"][op](args))
+        return 0, json.dumps(reply).encode(), b""
+
+    def _cmd_userdb_dump(self, a, stdin):
+        return self._userdb_request({"db": a[4], "op": "dump"})
+
+    def _cmd_userdb(self, a, stdin):
+        return self._userdb_request(json.loads(stdin))
+
+    def _cmd_doveadm(self, a, stdin):
+        if a[1:3] == ["pw", "-l"]:
+            return 0, b"SHA512-CRYPT BLF-CRYPT PLAIN\n", b""
+        if a[1:3] == ["auth", "cache"]:
+            return 0, b"", b""
+        raise self._unexpected(a)
+
+    # -- config checks and smoke tests -----------------------------------------
+    def _check(self, name: str) -> tuple[int, bytes, bytes]:
+        problem = self.checks[name](self) if name in self.checks else ""
+        self.checks_run.append(name)
+        return (1, b"", problem.encode()) if problem else (0, b"", b"")
+
+    def _cmd_postfix_check(self, a, stdin):
+        return self._check("postfix-check")
+
+    def _cmd_doveconf(self, a, stdin):
+        if a[1:] == ["-n"]:
+            return self._check("doveconf")
+        raise self._unexpected(a)
+
+    def _cmd_fail2ban_ready(self, a, stdin):
+        return self._check("fail2ban-ready")
+
+    def _cmd_doveconf_check(self, a, stdin):
+        return self._check("doveconf")
+
+    def _cmd_dovecot_smoke(self, a, stdin):
+        return self._check("dovecot-smoke")
+
+    def _cmd_rspamd_ready(self, a, stdin):
+        return self._check("rspamd-ready")
+
+    def _cmd_rspamadm(self, a, stdin):
+        if a[1] == "configtest":
+            return self._check("rspamadm-configtest")
+        if a[1] == "dkim_keygen":
+            from .fakehost import FakeFile
+            path = a[a.index("-k") + 1]
+            self.files[path] = FakeFile(b"-----BEGIN PRIVATE KEY-----\nfake\n", 0o600)
+            return 0, b"", b""
+        raise self._unexpected(a)
+
+    def _cmd_rspamd_pw(self, a, stdin):
+        return 0, b"$2$fakehashfakehash\n", b""
+
+    def _cmd_fail2ban_client(self, a, stdin):
+        if "--test" in a or "-t" in a:
+            return self._check("fail2ban-test")
+        raise self._unexpected(a)
+
+    def _cmd_chown(self, a, stdin):
+        owner, _, group = a[-2].partition(":")
+        target = self.dirs.get(a[-1]) or self.files[a[-1]]
+        target.owner, target.group = owner, group or target.group
+        return 0, b"", b""
+
+    # -- borg -------------------------------------------------------------------
+    def _cmd_borg_repo_state(self, a, stdin):
+        wrapper, state = a[4], a[5]
+        if wrapper not in self.files:
+            return 0, b"nohelper\n", b""
+        if state in self.files and b'"exit": 0}' in self.files[state].content:
+            return 0, b"ok (last run succeeded)\n", b""
+        return 0, (b"ok " + self.borg_archives[-1].encode() + b"\n") if self.borg_archives \
+            else b"missing\n", b""
+
+    def _cmd_borg_repo_init(self, a, stdin):
+        from .fakehost import FakeFile
+        from .layout import BACKUP
+        self.borg_archives.append(f"mx1-{len(self.borg_archives)}")
+        self.files[BACKUP.state] = FakeFile(b'{"start": 1, "end": 2, "exit": 0}\n')
+        return 0, b"", b""

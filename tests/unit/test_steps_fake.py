@@ -1,0 +1,162 @@
+"""Every provisioning step planned and applied against the fake host, so the
+safety net is seen by the unit tier: each step's config check runs before any
+reload, a failing check restores every file and reloads nothing, a failing
+smoke test rolls back, secrets land 0600/0640, and a second plan is empty.
+(Deleting a check, a rollback or a file mode makes one of these fail.)"""
+import dataclasses
+import os
+
+import pytest
+import yaml
+
+from mailops.fakehost import READ_ONLY, FakeHost
+from mailops.params import load_params
+from mailops.plan import Status
+from mailops.resources import Action, Service
+from mailops.session import Session
+from mailops.steps import STEPS
+
+PROVISIONING = [s.name for s in STEPS if s.declare]
+# the check each step must run before it reloads (fakestack.CHECK_NAMES)
+STEP_CHECKS = {
+    "10-base": {"unbound-checkconf", "nft-check"},
+    "40-dovecot": {"doveconf"},
+    "50-postfix": {"postfix-check"},
+    "60-rspamd": {"rspamadm-configtest"},
+    "70-fail2ban": {"fail2ban-test"},
+}
+# after its reload, the step's smoke test
+STEP_SMOKE = {"40-dovecot": "dovecot-smoke", "60-rspamd": "rspamd-ready",
+              "70-fail2ban": "fail2ban-ready"}
+
+
+@pytest.fixture
+def params(root, tmp_path, monkeypatch):
+    """parameters/example.yaml with its secrets in a temporary directory."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "secrets.yaml").write_text(yaml.safe_dump(
+        {"hostmaster": "pw-hostmaster-1", "jane": "pw-jane-1", "rspamd_controller": "pw-ctl-1"}))
+    (secrets / "backup_ssh_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n")
+    (secrets / "backup_known_hosts").write_text("backup.example.net ssh-ed25519 AAAAfake\n")
+    (secrets / "known_hosts").write_text("mx1.example.com ssh-ed25519 AAAAfake\n")
+    for f in secrets.iterdir():
+        os.chmod(f, 0o600)
+    monkeypatch.setenv("MAILOPS_BORG_PASSPHRASE", "pw-borg-1")
+    p = load_params(root / "parameters" / "example.yaml")
+    # self-signed, so 20-tls writes keys here (the example's `files` certificates are an ACME
+    # client's on the server)
+    return p.model_copy(update={"base_dir": conf, "tls": p.tls.model_copy(
+        update={"source": "self-signed", "ca_dir": tmp_path / "ca"})})
+
+
+def converge(params, fake, upto=None):
+    s = Session(params, host=fake)
+    for name in PROVISIONING:
+        if name == upto:
+            break
+        result = s.apply(s.plan(name))
+        assert result.ok, f"{name}: {result.error}"
+    return s
+
+
+def test_every_step_plans_reading_only_applies_and_converges(params):
+    fake = FakeHost()
+    s = Session(params, host=fake)
+    for name in PROVISIONING:
+        s.info
+        before, fake.round_trips = fake.snapshot(), 0
+        fake.commands.clear()
+        plan = s.plan(name)
+        assert fake.snapshot() == before and fake.round_trips == 1, name
+        assert set(fake.command_names()) <= READ_ONLY, (name, fake.command_names())
+        assert plan.changes, f"{name}: nothing to do on a fresh host"
+        fake.checks_run.clear()
+        result = s.apply(plan)
+        assert result.status is Status.APPLIED, f"{name}: {result.error}"
+        assert STEP_CHECKS.get(name, set()) <= set(fake.checks_run), (name, fake.checks_run)
+        if name in STEP_SMOKE:
+            assert STEP_SMOKE[name] in fake.checks_run, (name, fake.checks_run)
+    for name in PROVISIONING:
+        again = s.plan(name)
+        assert again.empty, str(again)
+
+
+def tamper(fake, step_plan_resources, services):
+    """Drift every file of the step that feeds ``services``; returns {path: content}."""
+    drifted = {}
+    for r in step_plan_resources:
+        if type(r).__name__ in ("File", "ValidatedFile") and set(getattr(r, "notify", ())) & services \
+                and r.path in fake.files:
+            fake.files[r.path].content += b"# drift\n"
+            drifted[r.path] = fake.files[r.path].content
+    return drifted
+
+
+@pytest.mark.parametrize("step", sorted(STEP_CHECKS))
+def test_failing_config_check_restores_every_file_and_reloads_nothing(params, step):
+    fake = FakeHost()
+    s = converge(params, fake)
+    services = {r.name for r in s.resources(step) if isinstance(r, Service) and r.check}
+    drifted = tamper(fake, s.resources(step), services)
+    assert drifted, f"{step}: no config file feeds {services}"
+    plan = s.plan(step)
+    assert {c.target.split(" ", 1)[1] for c in plan.changes if c.action is Action.UPDATE} \
+        >= set(drifted)
+    for name in STEP_CHECKS[step]:
+        fake.checks[name] = lambda f, n=name: f"{n}: syntax error on line 3"
+    fake.commands.clear()
+    result = s.apply(plan)
+    assert result.status is Status.FAILED and "validation of" in result.error, result
+    assert set(result.rolled_back) >= set(drifted)
+    assert {p: fake.files[p].content for p in drifted} == drifted     # the old files are back
+    assert not [c for c in fake.commands if c[3:4] == ("service_ctl",)], "reloaded anyway"
+
+
+@pytest.mark.parametrize("step", sorted(STEP_SMOKE))
+def test_failing_smoke_test_rolls_back_and_reloads_the_old_files(params, step):
+    fake = FakeHost()
+    s = converge(params, fake)
+    services = {r.name for r in s.resources(step) if isinstance(r, Service) and r.verify}
+    drifted = tamper(fake, s.resources(step), services)
+    plan = s.plan(step)
+    fake.checks[STEP_SMOKE[step]] = lambda f: "did not answer"
+    fake.commands.clear()
+    result = s.apply(plan)
+    assert result.status is Status.FAILED and "failed its check after the change" in result.error
+    assert {p: fake.files[p].content for p in drifted} == drifted
+    restarts = [c[4:6] for c in fake.commands if c[3:4] == ("service_ctl",)]
+    assert ("restart", sorted(services)[0]) in restarts, restarts
+
+
+def test_secrets_land_with_tight_modes(params):
+    """Every secret file is unreadable by others; the ones a daemon reads are its group's."""
+    fake = FakeHost()
+    s = converge(params, fake)
+    expect = {
+        "/etc/mailops/tls/rsa.key": (0o600, "root", "root"),
+        "/etc/mailops/tls/ec.key": (0o600, "root", "root"),
+        "/etc/mailops/learn-password": (0o640, "root", "vmail"),
+        "/etc/rspamd/mailops/controller-password.inc": (0o640, "root", "_rspamd"),
+        "/etc/borgmatic/mailops/passphrase": (0o600, "root", "root"),
+        "/etc/borgmatic/mailops/ssh_key": (0o600, "root", "root"),
+        "/var/lib/mailops/users.sqlite": (0o640, "root", "postfix"),
+    }
+    got = {p: (fake.files[p].mode, fake.files[p].owner, fake.files[p].group) for p in expect}
+    assert got == expect
+    secret_files = [r.path for n in PROVISIONING for r in s.resources(n) if getattr(r, "secret", False)]
+    assert secret_files and all(fake.files[p].mode & 0o007 == 0 for p in secret_files), secret_files
+    for m in ("domains", "mailboxes", "aliases", "sender-login"):
+        f = fake.files[f"/etc/postfix/sqlite/{m}.cf"]
+        assert (f.mode, f.group) == (0o640, "postfix")
+
+
+def test_no_secret_in_any_command_line(params):
+    """Passwords, hashes and the passphrase travel on stdin or in files, never argv."""
+    fake = FakeHost()
+    converge(params, fake)
+    argv = "\n".join(" ".join(c) for c in fake.commands)
+    for value in ("pw-hostmaster-1", "pw-jane-1", "pw-ctl-1", "pw-borg-1"):
+        assert value not in argv
