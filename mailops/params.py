@@ -175,6 +175,8 @@ class Mail(Model):
     # auth cache saves the database lookup, not the hash, so this cost is paid
     # per login. 6 is about 5 ms on the lab's CPU (bench/auth.py).
     bcrypt_cost: Annotated[int, Field(ge=4, le=15)] = 6
+    # daily `doveadm purge -A` (mdbox gives expunged mail's disk space back only then)
+    purge_at: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "04:07"
     outbound: Literal["direct", "lab"] = Field("direct", description="lab: outbound mail "
                                                "never leaves the host; it is kept in "
                                                "/var/spool/mailops/outbound")

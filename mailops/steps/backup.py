@@ -15,7 +15,7 @@ from ..resources import Directory, File, Packages, Resource, Service
 from ..resources.borg import BorgRepository
 from ..resources.files import CopiedFile, SecretFile, ValidatedFile
 from ..resources.maildb import DB_PATH
-from .shared import mailops_logs
+from .shared import Job, mailops_logs, scheduled
 
 PATHS = BACKUP
 SOURCES = ("/etc", VHOSTS, "/var/lib/rspamd/dkim", PATHS.dumps)
@@ -45,7 +45,6 @@ def declare(p, info) -> list[Resource]:
                series=series, users_db=DB_PATH)
     validate = (("validate-borgmatic-config", "-c", "{}") if not flat(series)
                 else ("borgmatic", "config", "validate", "-c", "{}"))
-    hour, minute = (int(x) for x in b.at.split(":"))
     out: list[Resource] = [
         Packages(("borgbackup", "borgmatic", "sqlite3", "openssh-client",
                   *(() if systemd else ("cron",)))),
@@ -63,24 +62,6 @@ def declare(p, info) -> list[Resource]:
                                            ".yaml.j2", **ctx), mode="0600", validate=validate),
         BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state, PATHS.log),
     ]
-    if systemd:
-        out += [
-            File("/etc/systemd/system/mailops-backup.service",
-                 render("etc/systemd/system/mailops-backup.service.j2", **ctx),
-                 notify=("mailops-backup.timer",)),
-            File("/etc/systemd/system/mailops-backup.timer",
-                 render("etc/systemd/system/mailops-backup.timer.j2", **ctx),
-                 notify=("mailops-backup.timer",)),
-            Service("mailops-backup.timer", on_change="restart",
-                    probe=("systemctl", "is-active", "--quiet", "mailops-backup.timer"),
-                    start=("sh", "-c", "systemctl daemon-reload && systemctl enable --now "
-                           "mailops-backup.timer && systemctl restart mailops-backup.timer",
-                           "timer_start")),
-        ]
-    else:
-        out += [
-            File("/etc/cron.d/mailops-backup",
-                 render("etc/cron.d/mailops-backup.j2", minute=minute, hour=hour, **ctx)),
-            Service("cron"),
-        ]
+    out += scheduled(Job("backup", "mailops backup (borgmatic)", PATHS.run, b.at, network=True),
+                     info)
     return out

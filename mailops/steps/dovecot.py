@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 from ..facts import dovecot_series
-from ..layout import SIEVE_BEFORE, VHOSTS, sieve_layout, tls_paths
+from ..layout import LOG_DIR, SIEVE_BEFORE, VHOSTS, sieve_layout, tls_paths
 from ..render import render
 from ..resources import Directory, File, Group, Packages, Resource, Service, User
 from ..resources.maildb import DB_PATH
 from .checks import dovecot_check
+from .shared import Job, mailops_logs, scheduled
 
+PURGE = "/usr/local/sbin/mailops-purge"
+PURGE_LOG = f"{LOG_DIR}/purge.log"
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
             "dovecot-managesieved", "dovecot-sqlite")
 
@@ -68,6 +71,12 @@ def declare(p, info) -> list[Resource]:
         Directory(SIEVE_BEFORE),
         *files,
         Service("dovecot", check=check, on_change="reload", verify=smoke_command(p)),
+        # mdbox frees expunged mail's space only when purged: daily
+        *mailops_logs(),
+        Directory("/usr/local/sbin"),
+        File(PURGE, render("usr/local/sbin/mailops-purge.j2", log=PURGE_LOG), mode="0755"),
+        *scheduled(Job("purge", "mailops mdbox purge (doveadm purge -A)", PURGE,
+                       p.mail.purge_at), info),
     ]
 
 

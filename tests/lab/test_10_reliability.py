@@ -134,3 +134,36 @@ def test_dovecot_restart_does_not_suspend_lmtp_delivery(params):
     assert all(verify.find_and_delete(t, "alice@lab.test", tok, wait=10) for tok in tokens)
     assert "delivery temporarily suspended" not in log
 
+
+
+def test_scheduled_purge_gives_deleted_mails_space_back(params):
+    """mdbox keeps expunged mail in its storage files until `doveadm purge`:
+    the daily job (cron here, a timer under systemd) frees it."""
+    t = verify.target_from(params)
+    storage = "/var/mail/vhosts/example.test/bob/mdbox/storage"
+    size = lambda h: int(h.run(["du", "-sb", storage]).out.split()[0])  # noqa: E731
+    with Session(params) as s:
+        cron = s.host.read_file("/etc/cron.d/mailops-purge").decode()
+        assert f"{params.mail.purge_at.split(':')[1].lstrip('0') or '0'} " \
+               f"{params.mail.purge_at.split(':')[0].lstrip('0') or '0'} * * * root " \
+               "/usr/local/sbin/mailops-purge" in cron
+        s.host.run(["/usr/local/sbin/mailops-purge"])
+        before = size(s.host)
+        big = "x" * 1000 + "\n"
+        tokens = []
+        for _ in range(3):
+            tok = uuid.uuid4().hex
+            msg = verify.message("verify@mx1.lab.test", "bob@example.test", tok)
+            msg.set_content(big * 300)                         # about 300 KB each
+            with t.smtp(25) as c:
+                c.send_message(msg, "verify@mx1.lab.test", ["bob@example.test"])
+            tokens.append(tok)
+        time.sleep(1)
+        assert all(verify.find_and_delete(t, "bob@example.test", tok) for tok in tokens)
+        after_delete = size(s.host)
+        assert after_delete >= before + 600_000, (before, after_delete)   # expunged, not freed
+        s.host.run(["/usr/local/sbin/mailops-purge"])
+        after_purge = size(s.host)
+        log = s.host.run(["tail", "-n", "2", "/var/log/mailops/purge.log"]).out
+    assert after_purge <= before + 100_000, (before, after_delete, after_purge)
+    assert "purge end, exit 0" in log

@@ -230,3 +230,15 @@ def test_restored_mailbox_keeps_its_owners_across_filesystems(tmp_path):
     assert [(os.stat(p).st_uid, os.stat(p).st_gid) for p in moved] == [(5000, 5000)] * 2
     assert not src.exists() and moved[1].read_bytes() == b"mail"
     shm.rmdir()
+
+
+def test_daily_jobs_are_timers_under_systemd_and_cron_otherwise():
+    from mailops.steps.shared import Job, scheduled
+    job = Job("purge", "mailops mdbox purge", "/usr/local/sbin/mailops-purge", "04:07")
+    cron = {r.key: r for r in scheduled(job, _info("12"))}
+    assert "7 4 * * * root /usr/local/sbin/mailops-purge" in cron["/etc/cron.d/mailops-purge"].content.decode()
+    sd = {r.key: r for r in scheduled(job, _info("12", init="systemd"))}
+    assert "OnCalendar=*-*-* 04:07:00" in sd["/etc/systemd/system/mailops-purge.timer"].content.decode()
+    assert "ExecStart=/usr/local/sbin/mailops-purge" in \
+        sd["/etc/systemd/system/mailops-purge.service"].content.decode()
+    assert sd["mailops-purge.timer"].start
