@@ -48,13 +48,16 @@ class FakeHost(StackCommands, Host):
                                          ("/", "/etc", "/etc/unbound", "/etc/default", "/var",
                                           "/var/lib", "/var/log", "/var/backups", "/var/mail",
                                           "/var/spool", "/usr", "/usr/local", "/usr/local/lib",
-                                          "/usr/local/sbin", "/etc/cron.d")}
+                                          "/usr/local/sbin", "/etc/cron.d", "/etc/apt",
+                                          "/etc/apt/apt.conf.d", "/etc/ssh",
+                                          "/etc/ssh/sshd_config.d")}
         self.links: dict[str, str] = {}
         self.packages: dict[str, str] = {"openssh-server": "1:9.2p1-2"}
         self.users: dict[str, tuple[str, str, str]] = {"root": ("root", "/root", "/bin/bash")}
         self.groups: set[str] = {"root"}
-        self.services: dict[str, dict[str, bool]] = {}   # name: {active, enabled}
-        self.service_scripts: set[str] = set()          # installed init scripts
+        # name: {active, enabled}; sshd runs (mailops came in through it)
+        self.services: dict[str, dict[str, bool]] = {"ssh": {"active": True, "enabled": True}}
+        self.service_scripts: set[str] = {"ssh"}        # installed init scripts
         self.hostname = "vm"
         self.nft_loaded = False
         # name of a check command -> function(fake) returning an error text or ""

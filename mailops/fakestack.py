@@ -13,7 +13,8 @@ import json
 import sqlite3
 
 # check names as tests address them -> how the command is recognised
-CHECK_NAMES = ("postfix-check", "doveconf", "rspamadm-configtest", "fail2ban-test",
+CHECK_NAMES = ("postfix-check", "doveconf", "rspamadm-configtest", "fail2ban-test", "sshd-t",
+               "apt-config",
                "dovecot-smoke", "rspamd-ready", "sievec", "unbound-checkconf", "nft-check",
                "logrotate", "borgmatic-validate")
 
@@ -97,6 +98,11 @@ class StackCommands:
     def _cmd_doveconf(self, a, stdin):
         if a[1:] == ["-n"]:
             return self._check("doveconf")
+        raise self._unexpected(a)
+
+    def _cmd_sshd(self, a, stdin):
+        if a[1:] == ["-t"]:
+            return self._check("sshd-t")
         raise self._unexpected(a)
 
     def _cmd_fail2ban_ready(self, a, stdin):

@@ -134,6 +134,18 @@ class Firewall(Model):
     open_tcp: list[Port] = Field(default_factory=lambda: [25, 465, 587, 993, 4190])
 
 
+class Updates(Model):
+    # security updates installed daily by Debian's unattended-upgrades (its default
+    # origins: the release's security archive); pending ones are shown by 90-verify
+    unattended: bool = True
+
+
+class Sshd(Model):
+    # key-only SSH (no password or keyboard-interactive logins, root by key only);
+    # applied only over a key-based connection (ssh:// with a key), never over local://
+    key_only: bool = True
+
+
 class TLS(Model):
     source: Literal["self-signed", "files"] = "self-signed"
     ca_dir: Path = Field(Path("../.lab/ca"), description="self-signed: where the controller "
@@ -282,6 +294,8 @@ class Params(Model):
         default_factory=list, description="extra Debian packages for the base step")
     resolver: Resolver = Resolver()
     firewall: Firewall = Firewall()
+    updates: Updates = Updates()
+    sshd: Sshd = Sshd()
     secrets: dict[Annotated[str, Field(pattern=r"^[a-z_]+$")], SecretRef] = Field(
         default_factory=dict)
     tls: TLS = TLS()

@@ -72,7 +72,9 @@ def client_checks(params, t: Target) -> list[tuple[str, Callable[[], str]]]:
 
 def server_checks(params, session) -> list[tuple[str, Callable[[], str]]]:
     """Checks only the server can answer, over the session's one connection."""
-    todo: list[tuple[str, Callable[[], str]]] = []
+    todo: list[tuple[str, Callable[[], str]]] = [
+        ("security updates", lambda: server.updates(session, params)),
+        ("ssh password logins", lambda: server.sshd(session, params))]
     if params.fail2ban.enabled:
         todo.append(("fail2ban", lambda: server.fail2ban(session, params)))
     if params.backup.enabled:

@@ -1,4 +1,5 @@
-"""What only the server can tell: learning, fail2ban, the last backup."""
+"""What only the server can tell: learning, fail2ban, the last backup, pending
+updates, sshd's password logins."""
 from __future__ import annotations
 
 import time
@@ -52,3 +53,48 @@ def last_backup(session, params) -> str:
     last = archives[-1]
     return (f"{last['name']} ({run['age_hours']} h ago, {run['end'] - run['start']} s); "
             f"{len(archives)} archive(s) in the repository")
+
+
+# unattended upgrades switched on, the package installed, and what apt would
+# upgrade now (from the lists the server has; nothing is fetched)
+PENDING_UPDATES = r"""auto=$(apt-config dump APT::Periodic::Unattended-Upgrade | sed -n 's/.*"\(.*\)";$/\1/p')
+pkg=$(dpkg-query -W -f '${db:Status-Abbrev}' unattended-upgrades 2>/dev/null | cut -c1-2)
+echo "auto ${auto:-0} ${pkg:-no}"
+apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null | grep '^Inst ' || true
+"""
+
+
+def parse_pending(out: str) -> tuple[bool, list[str], list[str]]:
+    """PENDING_UPDATES' output -> (unattended on and installed, pending, of them security)."""
+    head, *lines = out.splitlines()
+    _, auto, pkg = head.split()
+    pending = [ln.split()[1] for ln in lines if ln.startswith("Inst ")]
+    security = [ln.split()[1] for ln in lines if ln.startswith("Inst ") and "-security" in ln.lower()]
+    return auto == "1" and pkg == "ii", pending, security
+
+
+def updates(session, params) -> str:
+    on, pending, security = parse_pending(
+        session.host.run(["sh", "-c", PENDING_UPDATES, "pending_updates"], timeout=120).out)
+    if params.updates.unattended:
+        require(on, "unattended upgrades are not on (APT::Periodic::Unattended-Upgrade, "
+                    "package unattended-upgrades)")
+    state = "unattended upgrades on" if on else "unattended upgrades off"
+    sec = f" ({', '.join(security[:5])}{'...' if len(security) > 5 else ''})" if security else ""
+    return f"{state}; {len(pending)} upgrade(s) pending, {len(security)} from security{sec}"
+
+
+def parse_sshd(out: str) -> dict[str, str]:
+    """`sshd -T` -> its effective settings (lower-case keys)."""
+    return dict(ln.split(" ", 1) for ln in out.splitlines() if " " in ln)
+
+
+def sshd(session, params) -> str:
+    conf = parse_sshd(session.host.run(["sshd", "-T"]).out)
+    passwords = [k for k in ("passwordauthentication", "kbdinteractiveauthentication")
+                 if conf.get(k) == "yes"]
+    allowed = f"password logins allowed ({', '.join(passwords)} yes)" if passwords \
+        else "key-only: password logins refused"
+    if params.sshd.key_only:
+        require(not passwords, allowed)
+    return f"{allowed}; root login {conf.get('permitrootlogin', '?')}"

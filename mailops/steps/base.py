@@ -16,6 +16,7 @@ def declare(p, info) -> list[Resource]:
     lab = p.resolver.mode == "lab"
     zones, records = labmode.dns(p) if lab else ([], [])
     systemd = info is not None and info.init == "systemd"
+    sshd_files, sshd_service = _sshd(p)
     # logrotate runs from a systemd timer, or from cron's daily run where no systemd runs
     cron = () if systemd else ("cron",)
     return [
@@ -37,12 +38,50 @@ def declare(p, info) -> list[Resource]:
         ValidatedFile("/etc/logrotate.d/mailops", render("etc/logrotate.d/mailops.j2",
                                                          weeks=LOG_WEEKS),
                       validate=("logrotate", "--debug", "{}")),
+        *_updates(p),
+        *sshd_files,
         Service("hostname", probe=("sh", "-c", '[ "$(hostname)" = "$1" ]', "hostname_is",
                                    p.hostname),
                 start=("hostname", p.hostname)),
         *[Service(name) for name in cron],
         Service("unbound", check=("unbound-checkconf",), on_change="restart"),
-        Service("nftables", check=("nft", "-c", "-f", NFT_CONF),
-                probe=("nft", "list", "table", "inet", "mailops"),
-                start=("nft", "-f", NFT_CONF)),
+        *_firewall_service(systemd),
+        *sshd_service,
     ]
+
+
+def _firewall_service(systemd: bool) -> list[Resource]:
+    """The ruleset loaded now, and under systemd also at boot (nftables.service
+    loads /etc/nftables.conf; not enabled, the firewall was gone after a reboot)."""
+    check = ("nft", "-c", "-f", NFT_CONF)
+    if not systemd:
+        return [Service("nftables", check=check, probe=("nft", "list", "table", "inet", "mailops"),
+                        start=("nft", "-f", NFT_CONF))]
+    return [Service("nftables", check=check,
+                    probe=("sh", "-c", "nft list table inet mailops >/dev/null && "
+                           "systemctl is-enabled --quiet nftables", "nft_probe"),
+                    start=("sh", "-c", 'nft -f "$1" && systemctl enable --quiet nftables',
+                           "nft_start", NFT_CONF))]
+
+
+def _updates(p) -> list[Resource]:
+    on = p.updates.unattended
+    return [*([Packages(("unattended-upgrades",))] if on else []),
+            ValidatedFile("/etc/apt/apt.conf.d/20auto-upgrades",
+                          render("etc/apt/apt.conf.d/20auto-upgrades.j2", on=on),
+                          validate=("apt-config", "-c", "{}", "dump"))]
+
+
+def key_based(p) -> bool:
+    """Whether mailops reaches the host with a key (ssh:// needs one): only then
+    may sshd be made key-only without locking the operator out."""
+    return p.target.startswith("ssh://") and p.ssh is not None
+
+
+def _sshd(p) -> tuple[list[Resource], list[Resource]]:
+    """sshd's key-only file and its service (checked with `sshd -t`, then reloaded)."""
+    if not (p.sshd.key_only and key_based(p)):
+        return [], []
+    return ([File("/etc/ssh/sshd_config.d/05-mailops.conf",
+                  render("etc/ssh/sshd_config.d/05-mailops.conf.j2"), notify=("ssh",))],
+            [Service("ssh", check=("sshd", "-t"), on_change="reload")])

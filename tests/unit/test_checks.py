@@ -61,3 +61,14 @@ def test_steps_never_import_each_other(root):
                 names = {node.module} if node.module else {a.name for a in node.names}
                 found += [f"{f.stem} imports {n}" for n in names if n in steps]
     assert not found, found
+
+
+def test_pending_updates_and_sshd_parsers():
+    from mailops.checks.server import parse_pending, parse_sshd
+    out = ("auto 1 ii\n"
+           "Inst libssl3 [3.0.15-1~deb12u1] (3.0.17-1~deb12u2 Debian-Security:12/stable-security [amd64])\n"
+           "Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.11/stable [all])\n")
+    assert parse_pending(out) == (True, ["libssl3", "tzdata"], ["libssl3"])
+    assert parse_pending("auto 0 no\n") == (False, [], [])
+    conf = parse_sshd("port 22\npasswordauthentication yes\nkbdinteractiveauthentication no\n")
+    assert conf["passwordauthentication"] == "yes" and conf["port"] == "22"

@@ -55,7 +55,7 @@ def test_apply_does_only_what_plan_listed_and_second_plan_is_empty(params, fake)
     planned_files = [c.target.split(" ", 1)[1] for c in p.changes if c.resource.kind == "file"]
     assert writes == planned_files
     started = [c[5] for c in fake.commands if len(c) > 3 and c[3] == "service_ctl"]
-    assert started == ["cron", "unbound"]            # cron: logrotate's runs (no systemd here)
+    assert started == ["cron", "unbound", "ssh"]     # cron: logrotate's runs (no systemd here)
     assert fake.hostname == "mx1.example.com" and fake.nft_loaded
     again = s.plan("10-base")
     assert again.empty, str(again)

@@ -242,3 +242,25 @@ def test_daily_jobs_are_timers_under_systemd_and_cron_otherwise():
     assert "ExecStart=/usr/local/sbin/mailops-purge" in \
         sd["/etc/systemd/system/mailops-purge.service"].content.decode()
     assert sd["mailops-purge.timer"].start
+
+
+def test_sshd_key_only_only_over_a_key_based_connection(root):
+    from mailops.params import load_params
+    from mailops.steps import base
+    p = load_params(root / "parameters" / "lab.yaml")
+    keys = lambda q: {r.key for r in base.declare(q, _info("12"))}  # noqa: E731
+    assert "/etc/ssh/sshd_config.d/05-mailops.conf" in keys(p) and "ssh" in keys(p)
+    local = p.model_copy(update={"target": "local://", "ssh": None})
+    assert "/etc/ssh/sshd_config.d/05-mailops.conf" not in keys(local)       # no lock-out
+    off = p.model_copy(update={"sshd": p.sshd.model_copy(update={"key_only": False})})
+    assert "ssh" not in keys(off)
+    on = {r.key: r for r in base.declare(p, _info("12"))}
+    assert "Unattended-Upgrade \"1\"" in on["/etc/apt/apt.conf.d/20auto-upgrades"].content.decode()
+    assert "unattended-upgrades" in on and "unattended-upgrades" not in {
+        r.key for r in base.declare(p.model_copy(update={"updates": p.updates.model_copy(
+            update={"unattended": False})}), _info("12"))}
+    nosec = p.model_copy(update={"updates": p.updates.model_copy(update={"unattended": False})})
+    assert "Unattended-Upgrade \"0\"" in {r.key: r for r in base.declare(nosec, _info("12"))}[
+        "/etc/apt/apt.conf.d/20auto-upgrades"].content.decode()
+    sd = {r.key: r for r in base.declare(p, _info("12", init="systemd"))}
+    assert "systemctl enable" in " ".join(sd["nftables"].start)    # the firewall at boot

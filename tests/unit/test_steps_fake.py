@@ -19,7 +19,7 @@ from mailops.steps import STEPS
 PROVISIONING = [s.name for s in STEPS if s.declare]
 # the check each step must run before it reloads (fakestack.CHECK_NAMES)
 STEP_CHECKS = {
-    "10-base": {"unbound-checkconf", "nft-check"},
+    "10-base": {"unbound-checkconf", "nft-check", "sshd-t"},
     "40-dovecot": {"doveconf"},
     "50-postfix": {"postfix-check"},
     "60-rspamd": {"rspamadm-configtest"},
