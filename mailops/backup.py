@@ -33,6 +33,7 @@ class DrillReport:
     archive_time: str
     users: tuple[dict, ...]
     seconds: float
+    key_copy: str = "not checked"     # "ok": this machine's key copy is the repository's key
 
     @property
     def differences(self) -> int:
@@ -40,7 +41,7 @@ class DrillReport:
 
     @property
     def ok(self) -> bool:
-        return self.differences == 0
+        return self.differences == 0 and self.key_copy == "ok"
 
     @property
     def messages(self) -> int:
@@ -57,18 +58,20 @@ class DrillReport:
         if not self.ok:
             from .plan import StepFailed
             raise StepFailed(f"restore drill: {self.differences} difference(s) against "
-                             f"{self.archive}")
+                             f"{self.archive}; key copy: {self.key_copy}")
 
     def record(self) -> dict:
         return {"step": "85-restore-drill", "status": "verified" if self.ok else "failed",
                 "changes": 0, "archive": self.archive, "differences": self.differences,
-                "messages": self.messages, "error": None if self.ok else
-                f"{self.differences} difference(s)", "rolled_back": [], "targets": []}
+                "messages": self.messages, "key_copy": self.key_copy,
+                "error": None if self.ok else
+                f"{self.differences} difference(s); key copy: {self.key_copy}",
+                "rolled_back": [], "targets": []}
 
     def __str__(self) -> str:
         head = (f"restore drill of {self.archive} ({self.archive_time}): "
                 f"{'ok' if self.ok else 'DIFFERENCES'}, {self.messages} messages identical, "
-                f"{self.differences} difference(s), {self.seconds:.1f} s")
+                f"{self.differences} difference(s), key copy {self.key_copy}, {self.seconds:.1f} s")
         return "\n".join([head] + [f"  {r['mailbox']}: " + ", ".join(
             f"{k} {v}" for k, v in r.items() if k != "mailbox") for r in self.table()])
 
@@ -76,7 +79,7 @@ class DrillReport:
         return html_table(self.table(), title=f"restore drill {'ok' if self.ok else 'FAILED'}",
                           note=f": archive {self.archive} ({self.archive_time}), "
                                f"{self.messages} messages identical, "
-                               f"{self.differences} difference(s)")
+                               f"{self.differences} difference(s), key copy {self.key_copy}")
 
 
 def _helper(session, request: dict, timeout: float = 1800) -> dict:
@@ -97,7 +100,22 @@ def drill(session, archive: str = "") -> DrillReport:
     """Extract the archive (default: the latest) to a scratch directory on the
     server and compare every message of every mailbox with the live ones."""
     r = _helper(session, {"action": "drill", "archive": archive})
-    return DrillReport(r["archive"], r["archive_time"], tuple(r["users"]), r["seconds"])
+    return DrillReport(r["archive"], r["archive_time"], tuple(r["users"]), r["seconds"],
+                       check_key_copy(session))
+
+
+def check_key_copy(session) -> str:
+    """'ok' when this machine's copy of the repository key is byte for byte the key
+    the repository holds now (exported afresh); else what is wrong with it."""
+    from .resources.borg import export_key, read_key_copy
+    b = session.params.backup
+    path = session.params.path(b.key_copy)
+    state = read_key_copy(path)
+    if state != "ok":
+        return state
+    if export_key(session.host, PATHS.wrapper) != path.read_bytes():
+        return f"{path} is not the repository's current key"
+    return "ok"
 
 
 def restore_mailbox(session, user: str, archive: str = "") -> dict:

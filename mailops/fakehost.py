@@ -101,7 +101,7 @@ class FakeHost(StackCommands, Host):
 
     # -- emulation ---------------------------------------------------------------
     def _emulate(self, a: list[str], stdin: bytes) -> tuple[int, bytes, bytes]:
-        name = _name(a)
+        name = _name(a).rsplit("/", 1)[-1]
         handler = getattr(self, "_cmd_" + name.replace("-", "_"), None)
         if handler is None:
             raise self._unexpected(a)

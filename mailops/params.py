@@ -261,6 +261,8 @@ class Backup(Model):
                                       "logs in to the repository host with")
     known_hosts: Path | None = Field(None, description="known_hosts line(s) of the repository "
                                      "host: its key is checked, never accepted blindly")
+    key_copy: Path | None = Field(None, description="where this machine keeps an exported copy "
+                                  "of the repository key (0600, never shown)")
     compression: Annotated[str, Field(pattern=r"^(none|lz4|zstd(,\d{1,2})?|zlib(,\d)?|lzma(,\d)?|auto,[a-z0-9,]+)$")] = "zstd,6"
     keep_daily: Annotated[int, Field(ge=0, le=366)] = 7
     keep_weekly: Annotated[int, Field(ge=0, le=520)] = 4
@@ -278,8 +280,9 @@ class Backup(Model):
     @model_validator(mode="after")
     def _complete(self):
         if self.enabled and (self.passphrase is None or self.ssh_key is None
-                             or self.known_hosts is None):
-            raise ValueError("an enabled backup needs passphrase, ssh_key and known_hosts")
+                             or self.known_hosts is None or self.key_copy is None):
+            raise ValueError("an enabled backup needs passphrase, ssh_key, known_hosts and "
+                             "key_copy (where the repository key is exported to)")
         return self
 
 

@@ -5,6 +5,8 @@ server's files, never argv)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import ClassVar
 
 from .base import Action, Change, FactError, Resource
@@ -74,3 +76,68 @@ class BorgRepository(Resource):
     def apply(self, host, change):
         host.run(["sh", "-c", REPO_INIT, "borg_repo_init", self.wrapper, self.run, self.log],
                  timeout=1800)
+
+
+@dataclasses.dataclass(frozen=True)
+class BorgKeyCopy(Resource):
+    """A copy of the repository key on this machine (``borg key export``, 0600):
+    with ``repokey`` the key lives in the repository, and a damaged one loses
+    every archive; ``borg key import`` puts the copy back.  Declared after the
+    repository.  Its facts are local: planning costs the server nothing."""
+    path: Path
+    wrapper: str = "/usr/local/sbin/mailops-borg"
+    kind: ClassVar[str] = "borg key copy"
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def fact_commands(cls, items):
+        return []
+
+    @classmethod
+    def parse_facts(cls, items, results):
+        return {r.key: read_key_copy(r.path) for r in items}
+
+    def compare(self, facts):
+        state = facts[self.key]
+        if state == "ok":
+            return []
+        return [Change(self, Action.CREATE, f"{state}: export the repository key to {self.path}")]
+
+    def apply(self, host, change):
+        key = export_key(host, self.wrapper)
+        write_private(self.path, key)
+
+
+def read_key_copy(path: Path) -> str:
+    """'ok', or why the copy is not usable (pure but for reading the file)."""
+    try:
+        st = path.stat()
+        head = path.read_bytes()[:9]
+    except OSError:
+        return "no copy of the repository key on this machine"
+    if st.st_mode & 0o077:
+        return f"the key copy is readable by others (mode {st.st_mode & 0o777:o})"
+    return "ok" if head == b"BORG_KEY " else "the key copy is not a borg key export"
+
+
+def export_key(host, wrapper: str) -> bytes:
+    """The repository's key as ``borg key export`` writes it (repository id first)."""
+    key = host.run([wrapper, "key", "export", "::", "/dev/stdout"], timeout=120).stdout
+    if not key.startswith(b"BORG_KEY "):
+        raise FactError(f"borg key export gave no key ({len(key)} bytes)")
+    return key
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Written 0600 from the start, then renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

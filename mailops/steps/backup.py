@@ -12,7 +12,7 @@ from ..facts import borgmatic_series
 from ..layout import BACKUP, VHOSTS
 from ..render import render
 from ..resources import Directory, File, Packages, Resource, Service
-from ..resources.borg import BorgRepository
+from ..resources.borg import BorgKeyCopy, BorgRepository
 from ..resources.files import CopiedFile, SecretFile, ValidatedFile
 from ..resources.maildb import DB_PATH
 from .shared import Job, mailops_logs, scheduled
@@ -61,6 +61,7 @@ def declare(p, info) -> list[Resource]:
         ValidatedFile(PATHS.config, render(f"etc/borgmatic/config-{'flat' if flat(series) else '1.7'}"
                                            ".yaml.j2", **ctx), mode="0600", validate=validate),
         BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state, PATHS.log),
+        BorgKeyCopy(p.path(b.key_copy), PATHS.wrapper),
     ]
     out += scheduled(Job("backup", "mailops backup (borgmatic)", PATHS.run, b.at, network=True),
                      info)

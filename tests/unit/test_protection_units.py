@@ -264,3 +264,21 @@ def test_sshd_key_only_only_over_a_key_based_connection(root):
         "/etc/apt/apt.conf.d/20auto-upgrades"].content.decode()
     sd = {r.key: r for r in base.declare(p, _info("12", init="systemd"))}
     assert "systemctl enable" in " ".join(sd["nftables"].start)    # the firewall at boot
+
+
+def test_borg_key_copy_is_made_0600_and_refused_when_readable_by_others(tmp_path):
+    import os
+    from mailops.fakehost import FakeHost
+    from mailops.resources import Action
+    from mailops.resources.borg import BorgKeyCopy, read_key_copy
+    path = tmp_path / "keys" / "borg-key.mx1"
+    r = BorgKeyCopy(path)
+    [change] = r.compare({r.key: read_key_copy(path)})
+    assert change.action is Action.CREATE and "no copy" in change.reason
+    r.apply(FakeHost(), change)
+    assert path.stat().st_mode & 0o777 == 0o600 and r.compare({r.key: read_key_copy(path)}) == []
+    os.chmod(path, 0o644)
+    assert "readable by others" in read_key_copy(path)
+    path.write_bytes(b"garbage")
+    os.chmod(path, 0o600)
+    assert "not a borg key export" in read_key_copy(path)

@@ -146,6 +146,8 @@ def test_secrets_land_with_tight_modes(params):
     }
     got = {p: (fake.files[p].mode, fake.files[p].owner, fake.files[p].group) for p in expect}
     assert got == expect
+    key_copy = params.path(params.backup.key_copy)
+    assert key_copy.read_bytes().startswith(b"BORG_KEY ") and key_copy.stat().st_mode & 0o777 == 0o600
     secret_files = [r.path for n in PROVISIONING for r in s.resources(n) if getattr(r, "secret", False)]
     assert secret_files and all(fake.files[p].mode & 0o007 == 0 for p in secret_files), secret_files
     for m in ("domains", "mailboxes", "aliases", "sender-login"):
