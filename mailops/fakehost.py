@@ -17,6 +17,7 @@ from typing import Callable
 from .fakestack import (PACKAGE_DIRS, PACKAGE_SERVICES, PACKAGE_USERS, PACKAGE_VERSIONS,
                         StackCommands)
 from .host import CommandError, Host, Result
+from .resources.services import PENDING_DIR
 from .resources.system import DPKG_QUERY
 
 READ_ONLY = {"stat_paths", "service_status", "batch", "hostname_is", "cat", "getent",
@@ -260,7 +261,20 @@ class FakeHost(StackCommands, Host):
                              f"{'enabled' if st['enabled'] else 'disabled'}")
             else:
                 lines.append(f"{s} missing missing")
+        lines += [f"pending {p.rsplit('/', 1)[1]}" for p in sorted(self.files)
+                  if p.startswith(PENDING_DIR + "/")]
         return 0, ("\n".join(lines) + "\n").encode(), b""
+
+    def _cmd_pending_mark(self, a, stdin):
+        self.dirs.setdefault(a[4], FakeFile(b"", 0o755))
+        for name in a[5:]:
+            self.files[f"{a[4]}/{name}"] = FakeFile(b"")
+        return 0, b"", b""
+
+    def _cmd_pending_clear(self, a, stdin):
+        for name in a[5:]:
+            self.files.pop(f"{a[4]}/{name}", None)
+        return 0, b"", b""
 
     def _cmd_service_ctl(self, a, stdin):
         action, svc = a[4], a[5]

@@ -45,6 +45,21 @@ class StackCommands:
         self.userdb: sqlite3.Connection | None = None     # created by the first write
         self.borg_archives: list[str] = []
 
+    # copies of a fake (copy.deepcopy) carry the database as SQL
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.userdb is not None:
+            version = self.userdb.execute("PRAGMA user_version").fetchone()[0]
+            state["userdb"] = [*self.userdb.iterdump(), f"PRAGMA user_version = {version};"]
+        return state
+
+    def __setstate__(self, state):
+        dump = state.get("userdb")
+        self.__dict__.update(state)
+        if dump is not None:
+            self.userdb = sqlite3.connect(":memory:", isolation_level=None)
+            self.userdb.executescript("\n".join(dump))
+
     # -- the users database helper (its real SQL) --------------------------------
     def _userdb_module(self) -> dict:
         from .remote import source

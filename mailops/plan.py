@@ -18,6 +18,7 @@ from typing import Sequence
 from .host import HostError
 from .resources import Action, Change, Resource, Service
 from .resources.base import FactError
+from .resources.services import clear_pending, mark_pending
 from .tables import details, html_table
 
 
@@ -186,19 +187,24 @@ def apply(host, plan: Plan) -> ApplyResult:
     start = time.monotonic()
     done: list[Change] = []
     svc_changes = [c for c in plan.changes if isinstance(c.resource, Service)]
+    # marked before the first write, cleared once what runs is what is on disk again
+    reloads = {c.resource.name for c in svc_changes if c.action in (Action.RELOAD, Action.RESTART)}
     try:
+        mark_pending(host, reloads)
         for c in plan.changes:
             if not isinstance(c.resource, Service):
                 c.resource.apply(host, c)
                 done.append(c)
         restored = _validate_or_restore(host, done, svc_changes)
         if restored is not None:
+            clear_pending(host, reloads)            # the old files are back, and run
             return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done),
                                restored[0], restored[1], time.monotonic() - start)
         for c in svc_changes:
             c.resource.apply(host, c)
             done.append(c)
         failed = _smoke_or_restore(host, done, svc_changes)
+        clear_pending(host, reloads)                # reloaded: the new files, or the old again
         if failed is not None:
             return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), failed[0],
                                failed[1], time.monotonic() - start)

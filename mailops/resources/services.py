@@ -26,6 +26,20 @@ for s; do
   else a=missing; e=missing; fi
   printf '%s %s %s\n' "$s" "$a" "$e"
 done
+for f in /var/lib/mailops/pending/*; do [ -e "$f" ] && echo "pending ${f##*/}"; done
+exit 0
+"""
+
+# services whose new files are written but not yet validated and reloaded: marked
+# before the first write, cleared after the reload (or a full rollback), so an
+# apply cut off in between is finished by the next plan instead of forgotten
+PENDING_DIR = "/var/lib/mailops/pending"
+PENDING_MARK = r"""d=$1; shift
+mkdir -p -- "$d" && cd -- "$d" && touch -- "$@" && sync -- "$@"
+"""
+PENDING_CLEAR = r"""d=$1; shift
+[ -d "$d" ] || exit 0
+cd -- "$d" && rm -f -- "$@"
 """
 
 SERVICE_CTL = r"""action=$1; name=$2
@@ -48,6 +62,7 @@ class ServiceFact:
     active: bool
     enabled: bool | None          # None: not applicable (no unit or init script)
     init: str
+    pending: bool = False         # an earlier apply wrote its files but never reloaded it
 
 
 def parse_service_status(out: str) -> tuple[str, dict[str, ServiceFact]]:
@@ -57,12 +72,30 @@ def parse_service_status(out: str) -> tuple[str, dict[str, ServiceFact]]:
         raise FactError(f"unexpected service status output: {out[:200]!r}")
     init = lines[0].split()[1]
     facts = {}
+    pending = parse_pending(out)
     for line in lines[1:]:
+        if line.startswith("pending "):
+            continue
         name, active, enabled = line.split()
         facts[name] = ServiceFact(active == "active",
                                   None if enabled == "missing" else enabled in ("enabled", "static"),
-                                  init)
+                                  init, name in pending)
     return init, facts
+
+
+def parse_pending(out: str) -> set[str]:
+    """The services SERVICE_STATUS found marked pending (pure)."""
+    return {ln.split()[1] for ln in out.splitlines() if ln.startswith("pending ")}
+
+
+def mark_pending(host, names) -> None:
+    if names:
+        host.run(["sh", "-c", PENDING_MARK, "pending_mark", PENDING_DIR, *sorted(names)])
+
+
+def clear_pending(host, names) -> None:
+    if names:
+        host.run(["sh", "-c", PENDING_CLEAR, "pending_clear", PENDING_DIR, *sorted(names)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +131,10 @@ class Service(Resource):
     @classmethod
     def parse_facts(cls, items, results):
         init, facts = parse_service_status(results[0].out)
+        pending = parse_pending(results[0].out)
         probed = [s for s in items if s.probe]
         for s, res in zip(probed, results[1:]):
-            facts[s.name] = ServiceFact(res.ok, None, init)
+            facts[s.name] = ServiceFact(res.ok, None, init, s.name in pending)
         return facts
 
     def compare(self, facts):
@@ -111,6 +145,11 @@ class Service(Resource):
                                   "not in effect" if self.probe else "not running"))
         if self.enabled and self.running is not None and fact.enabled is False:
             changes.append(Change(self, Action.ENABLE, "not enabled at boot"))
+        if fact.pending and fact.active:
+            changes.append(Change(self, Action.RELOAD if self.on_change == "reload"
+                                  else Action.RESTART,
+                                  "an earlier apply wrote its files but was cut off before "
+                                  "this check and reload"))
         return changes
 
     def validate(self, host) -> None:

@@ -61,3 +61,10 @@ def test_df_meminfo_and_host_info():
                             (FIX / "dpkg-query.txt").read_text(), "mx1\n"])
     assert info.supported and info.init == "sysv" and info.disk_free == 1024 * 1024
     assert info.stack_versions()["postfix"] is None
+
+
+def test_service_status_reads_pending_markers():
+    from mailops.resources.services import parse_pending
+    out = "init sysv\npostfix active enabled\npending postfix\npending nftables\n"
+    init, facts = parse_service_status(out)
+    assert facts["postfix"].pending and parse_pending(out) == {"postfix", "nftables"}

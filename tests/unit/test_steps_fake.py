@@ -162,3 +162,53 @@ def test_no_secret_in_any_command_line(params):
     argv = "\n".join(" ".join(c) for c in fake.commands)
     for value in ("pw-hostmaster-1", "pw-jane-1", "pw-ctl-1", "pw-borg-1"):
         assert value not in argv
+
+
+class CutHost(FakeHost):
+    """The connection drops after ``cut`` more commands: every later one fails."""
+    cut: int | None = None
+
+    def _dispatch(self, argv, stdin):
+        if self.cut is not None:
+            if self.cut <= 0:
+                from mailops.host import HostError
+                raise HostError(f"{self.url}: connection lost (cut before {argv[3:4] or argv[:1]})")
+            self.cut -= 1
+        return super()._dispatch(argv, stdin)
+
+
+def test_an_apply_cut_at_any_point_is_finished_by_the_next_run(params):
+    """Cut the connection after each command of an apply that rewrites postfix's
+    main.cf: the file is old or new (never half), and the next apply validates and
+    reloads whatever the cut left unreloaded; the one after reports no changes."""
+    base = CutHost()
+    s = converge(params, base)
+    changed = params.model_copy(update={"mail": params.mail.model_copy(
+        update={"message_size_limit_mb": 20})})
+    old = base.files["/etc/postfix/main.cf"].content
+    n_commands = None
+    for cut in range(0, 40):
+        import copy
+        fake = copy.deepcopy(base)
+        s = Session(changed, host=fake)
+        plan = s.plan("50-postfix")
+        fake.commands.clear()
+        fake.cut = cut
+        result = s.apply(plan)
+        fake.cut = None
+        if result.ok:
+            n_commands = cut
+            break
+        new = fake.files["/etc/postfix/main.cf"].content
+        assert new == old or b"message_size_limit = 20971520" in new
+        fake.checks_run.clear()
+        fake.commands.clear()
+        again = s.apply(s.plan("50-postfix"))
+        assert again.ok, again.error
+        reloaded = [c[4:6] for c in fake.commands if c[3:4] == ("service_ctl",)]
+        if new != old:     # the new file was on disk: the next run must check and reload it
+            assert "postfix-check" in fake.checks_run and ("reload", "postfix") in reloaded, \
+                (cut, fake.checks_run, reloaded)
+        assert b"message_size_limit = 20971520" in fake.files["/etc/postfix/main.cf"].content
+        assert s.plan("50-postfix").empty, (cut, str(s.plan("50-postfix")))
+    assert n_commands is not None and n_commands >= 3, "the apply never ran to its end"
