@@ -171,6 +171,7 @@ def up(spec: LabSpec, log=print) -> LabStatus:
     local = LocalHost()
     st = status(spec, local)
     if st.up:
+        _ensure_egress_watch(spec, local)
         _ensure_proxy(spec, local, log)   # the proxy can die on its own
         ensure_secrets(spec)
         log(f"{st} (already up)")
@@ -180,6 +181,7 @@ def up(spec: LabSpec, log=print) -> LabStatus:
     _teardown(spec, local)
     spec.dir.mkdir(parents=True, exist_ok=True)
     _ensure_bridge(spec, local)
+    _ensure_egress_watch(spec, local)
     _ensure_proxy(spec, local, log)
     _ensure_rootfs(spec, local, log)
     _ensure_keys(spec, local)
@@ -202,6 +204,7 @@ def down(spec: LabSpec, purge: bool = False, log=print) -> None:
     if not others:
         _stop_proxy(spec, local)
         local.run(["ip", "link", "del", spec.bridge], check=False)
+        local.run(["nft", "delete", "table", "inet", _watch_table(spec)], check=False)
     if purge and spec.dir.exists():
         local.run(["rm", "-rf", "--one-file-system", str(spec.dir)])
     log(f"lab {spec.name}: down" + (" (purged)" if purge else ""))
@@ -221,6 +224,49 @@ def _teardown(spec: LabSpec, local: LocalHost) -> None:
     local.run(["ip", "netns", "del", spec.netns], check=False)
     local.run(["ip", "link", "del", spec.veth], check=False)
     spec.state_file.unlink(missing_ok=True)
+
+
+# Egress watch: every packet that reaches this machine from the lab bridge for an
+# address outside the lab's documentation ranges is counted and dropped before
+# routing (the labs have no default route, so there should be none; IPv6
+# link-local neighbour discovery stays on the link and is not counted).
+EGRESS_RULES = """table inet {table} {{
+  chain egress {{
+    type filter hook prerouting priority -300; policy accept;
+    iifname "{bridge}" ip daddr != {{ 198.51.100.0/24, 203.0.113.0/24 }} counter drop comment "lab egress"
+    iifname "{bridge}" ip6 daddr != {{ fe80::/10, ff02::/16 }} counter drop comment "lab egress"
+  }}
+}}
+"""
+
+
+def _watch_table(spec: LabSpec) -> str:
+    return "mailops_watch_" + spec.bridge.replace("-", "_")
+
+
+def _ensure_egress_watch(spec: LabSpec, local: LocalHost) -> None:
+    if not local.run(["nft", "list", "table", "inet", _watch_table(spec)], check=False).ok:
+        local.run(["nft", "-f", "-"], stdin=EGRESS_RULES.format(
+            table=_watch_table(spec), bridge=spec.bridge).encode())
+
+
+def reset_egress_watch(spec: LabSpec) -> None:
+    """Counters back to zero (the table made anew)."""
+    local = LocalHost()
+    local.run(["nft", "delete", "table", "inet", _watch_table(spec)], check=False)
+    _ensure_egress_watch(spec, local)
+
+
+def parse_counters(text: str) -> int:
+    """The packets counted by every rule of an `nft list table` output (pure)."""
+    import re
+    return sum(int(n) for n in re.findall(r"counter packets (\d+) bytes", text))
+
+
+def egress_packets(spec: LabSpec) -> int:
+    """Packets from the lab to non-lab addresses since the watch was (re)made."""
+    out = LocalHost().run(["nft", "list", "table", "inet", _watch_table(spec)]).out
+    return parse_counters(out)
 
 
 def _ensure_bridge(spec: LabSpec, local: LocalHost) -> None:

@@ -35,6 +35,7 @@ def lab_spec(lab_params):
 def lab_up(lab_spec, lab_params):
     lab.up(lab_spec)
     lab.prepare_backup_host(lab_params)      # the borg repository host (lab3)
+    lab.reset_egress_watch(lab_spec)         # test_99 checks no packet left the lab
     return lab_spec
 
 

@@ -5,6 +5,14 @@ from mailops import lab
 from mailops.host import LocalHost
 
 
+def test_no_packet_left_the_lab_during_the_run(lab_up):
+    """Counted on this machine (nftables, before routing) since the run began:
+    nothing from a lab host to an address outside the lab's documentation ranges."""
+    out = LocalHost().run(["nft", "list", "table", "inet", lab._watch_table(lab_up)]).out
+    assert f'iifname "{lab_up.bridge}"' in out and "counter packets" in out, out
+    assert lab.egress_packets(lab_up) == 0, out
+
+
 def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up

@@ -68,3 +68,12 @@ def test_service_status_reads_pending_markers():
     out = "init sysv\npostfix active enabled\npending postfix\npending nftables\n"
     init, facts = parse_service_status(out)
     assert facts["postfix"].pending and parse_pending(out) == {"postfix", "nftables"}
+
+
+def test_egress_counter_parser():
+    from mailops.lab import EGRESS_RULES, parse_counters
+    out = ('table inet w {\n chain egress {\n  iifname "br" ip daddr != { 198.51.100.0/24 } '
+           'counter packets 3 bytes 180 drop comment "lab egress"\n  iifname "br" ip6 daddr != '
+           '{ fe80::/10 } counter packets 0 bytes 0 drop\n }\n}\n')
+    assert parse_counters(out) == 3 and parse_counters("no counters") == 0
+    assert "counter drop" in EGRESS_RULES.format(table="t", bridge="b")
