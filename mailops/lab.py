@@ -26,6 +26,10 @@ RUN_DIR = Path("/run/mailops")
 PROXY_PORT = 3149          # not 3142: a system apt-cacher-ng may hold that one
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = "openssh-server,iproute2,procps,ca-certificates"
+SYSTEMD_PACKAGES = ",systemd,systemd-sysv,dbus"
+SYSTEMD_MASK = ("systemd-modules-load.service", "getty@tty1.service", "console-getty.service",
+                "systemd-udevd.service", "systemd-udev-trigger.service", "sys-kernel-config.mount",
+                "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "systemd-remount-fs.service")
 
 
 class LabError(Exception):
@@ -41,6 +45,7 @@ class LabSpec:
     cache_dir: Path = CACHE_DIR
     mirror: str = MIRROR
     secret_keys: tuple[str, ...] = ()   # keys the parameters read from <state_dir>/secrets.yaml
+    init: str = "sshd"                  # the first process: sshd, or systemd (pivot_root)
 
     @classmethod
     def from_params(cls, params) -> "LabSpec":
@@ -53,7 +58,7 @@ class LabSpec:
         refs += [r for r in (params.backup.passphrase, params.backup.ssh_key) if r]
         keys = tuple(ref.split("#", 1)[1] for ref in refs if ref.startswith("file:") and "#" in ref
                      and params.path(ref[5:].split("#", 1)[0]) == state_dir / "secrets.yaml")
-        return cls(lab.name, lab.release, lab.address, state_dir, secret_keys=keys)
+        return cls(lab.name, lab.release, lab.address, state_dir, secret_keys=keys, init=lab.init)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -79,7 +84,8 @@ class LabSpec:
 
     @property
     def image(self) -> Path:
-        return self.cache_dir / f"rootfs-{self.release}-v{IMAGE_VERSION}.tar.zst"
+        flavour = "" if self.init == "sshd" else f"-{self.init}"
+        return self.cache_dir / f"rootfs-{self.release}{flavour}-v{IMAGE_VERSION}.tar.zst"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,11 +342,18 @@ def _ensure_rootfs(spec: LabSpec, local: LocalHost, log) -> None:
 
 def _build_image(spec: LabSpec, local: LocalHost, log) -> None:
     spec.cache_dir.mkdir(parents=True, exist_ok=True)
-    build = spec.cache_dir / f"build-{spec.release}"
+    build = spec.cache_dir / f"build-{spec.image.name}"
     local.run(["rm", "-rf", "--one-file-system", str(build)])
     log(f"debootstrap {spec.release} (about a minute; cached afterwards as {spec.image})")
-    local.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", spec.release,
+    packages = PACKAGES + (SYSTEMD_PACKAGES if spec.init == "systemd" else "")
+    local.run(["debootstrap", "--variant=minbase", f"--include={packages}", spec.release,
                str(build), spec.mirror], timeout=1800)
+    if spec.init == "systemd":
+        # no kernel modules to load in a namespace; no consoles to get
+        for unit in SYSTEMD_MASK:
+            link = build / "etc/systemd/system" / unit
+            link.unlink(missing_ok=True)
+            link.symlink_to("/dev/null")
     # the host's resolver must never be used from inside the lab
     (build / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
     (build / "etc/apt/sources.list").write_text(
@@ -476,6 +489,26 @@ exec chroot "$R" /usr/sbin/sshd -D -e
 """
 
 
+# systemd as the namespace's first process: it must own the root (pivot_root; under
+# chroot it exits 255), with proc, sys and /dev's pseudo file systems ready
+NS_INIT_SYSTEMD = r"""set -e
+R=$1
+mount --bind "$R" "$R"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
+mount --bind "$R/dev/pts/ptmx" "$R/dev/ptmx"
+hostname "$2"
+cd "$R"
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot 2>/dev/null || true
+exec env -i container=mailops-lab /lib/systemd/systemd --log-target=console
+"""
+
+
 def _start(spec: LabSpec, local: LocalHost) -> None:
     ns = spec.netns
     local.run(["ip", "netns", "add", ns])
@@ -491,11 +524,12 @@ def _start(spec: LabSpec, local: LocalHost) -> None:
         raise LabError(f"lab {spec.name} has a default route ({routes}); refusing to start")
     pid = local.spawn(["ip", "netns", "exec", ns, "unshare", "--uts", "--pid", "--mount",
                        "--fork", "--kill-child", "--propagation", "private",
-                       "sh", "-c", NS_INIT, "lab-init", str(spec.rootfs), spec.name],
+                       "sh", "-c", NS_INIT if spec.init == "sshd" else NS_INIT_SYSTEMD,
+                       "lab-init", str(spec.rootfs), spec.name],
                       spec.log_file)
     spec.state_file.write_text(json.dumps({"ns": _record(pid), "release": spec.release,
                                            "address": str(spec.address)}))
-    for _ in range(200):
+    for _ in range(200 if spec.init == "sshd" else 1200):
         if _banner(str(spec.address), timeout=0.5):
             return
         if _start_time(pid) is None:

@@ -102,6 +102,9 @@ class LabBackupHost(Model):
 class Lab(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab1"
     release: Literal["bookworm", "trixie"] = "bookworm"
+    # the lab host's first process: sshd alone (fast), or systemd as on a real server
+    # (timers, units enabled at boot, a reboot that means something)
+    init: Literal["sshd", "systemd"] = "sshd"
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.10")
     state_dir: Path = Path("../.lab")
     # a second lab host that serves the borg repository (`mailops lab up` builds it too)

@@ -31,7 +31,8 @@ def fail2ban(session, params) -> str:
     missing = [j for j in want if j not in running]
     require(not missing, f"jails not running: {', '.join(missing)} "
                          f"(running: {', '.join(running)})")
-    counts = host.run(["sqlite3", f2b.DB_FILE, "SELECT count(*), count(DISTINCT ip), "
+    # fail2ban writes its database while we read: wait for its lock, never take one
+    counts = host.run(["sqlite3", "-readonly", "-cmd", ".timeout 10000", f2b.DB_FILE, "SELECT count(*), count(DISTINCT ip), "
                        "coalesce(min(timeofban), 0) FROM bans; SELECT count(*) FROM bans "
                        "WHERE timeofban + bantime > strftime('%s','now') OR bantime < 0"]).out.split()
     total, ips, first = counts[0].split("|")

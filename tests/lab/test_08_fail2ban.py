@@ -115,7 +115,7 @@ def refused(t, port, src, wait=0.0):
 
 
 def in_sqlite(host, jail, ip):
-    out = host.run(["sqlite3", f2b.DB_FILE,
+    out = host.run(["sqlite3", "-readonly", "-cmd", ".timeout 10000", f2b.DB_FILE,
                     f"SELECT count(*) FROM bans WHERE jail = '{jail}' AND ip = '{ip}'"]).out
     return int(out.strip())
 

@@ -167,3 +167,33 @@ def test_scheduled_purge_gives_deleted_mails_space_back(params):
         log = s.host.run(["tail", "-n", "2", "/var/log/mailops/purge.log"]).out
     assert after_purge <= before + 100_000, (before, after_delete, after_purge)
     assert "purge end, exit 0" in log
+
+
+def test_sshd_key_only_and_unattended_upgrades(params):
+    """Password logins refused by our own file (not only the lab's), checked by
+    sshd -t before the reload; unattended upgrades on; verify shows both."""
+    import paramiko
+    with Session(params) as s:
+        h = s.host
+        ours = h.run(["sh", "-c", "printf 'Include /etc/ssh/sshd_config.d/05-mailops.conf\\n' "
+                      ">/run/t.conf && sshd -T -f /run/t.conf | grep -E "
+                      "'^(passwordauthentication|kbdinteractiveauthentication) '; "
+                      ": >/run/t.conf && sshd -T -f /run/t.conf | grep '^passwordauthentication '; "
+                      "rm -f /run/t.conf"]).out.split("\n")
+        assert ours[:3] == ["passwordauthentication no", "kbdinteractiveauthentication no",
+                            "passwordauthentication yes"], ours    # without it: yes
+        auto = h.run(["apt-config", "dump", "APT::Periodic::Unattended-Upgrade"]).out
+        assert '"1"' in auto and h.run(["dpkg-query", "-W", "unattended-upgrades"]).ok
+        checks = {n: verify.check(n, f) for n, f in verify.server_checks(params, s)[:2]}
+    assert all(c.ok for c in checks.values()), checks
+    assert "key-only" in checks["ssh password logins"].evidence
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(params.path(params.ssh.known_hosts)))
+    try:
+        client.connect(str(params.addresses[0]), username="root", password="wrong-password",
+                       look_for_keys=False, allow_agent=False, timeout=10)
+        raise AssertionError("a password login was accepted")
+    except paramiko.AuthenticationException as exc:
+        assert "password" not in str(getattr(exc, "allowed_types", ["publickey"])), exc
+    finally:
+        client.close()
