@@ -420,7 +420,7 @@ def backup_spec(params) -> LabSpec | None:
     if b is None:
         return None
     return dataclasses.replace(LabSpec.from_params(params), name=b.name, address=b.address,
-                               secret_keys=())
+                               secret_keys=(), init="sshd")     # the same host for every lab
 
 
 # borg in the backup host, and an account that can only run `borg serve` in its repository

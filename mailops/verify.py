@@ -12,7 +12,7 @@ import uuid
 from typing import Callable
 
 from .checks import dkim, server, smtp, tls
-from .checks.clients import Target, find_and_delete, message, target_from
+from .checks.clients import Target, find_and_delete, imap_login, message, target_from
 from .checks.result import Check, CheckFailed, CheckReport, check, require, run_parallel
 from .checks.smtp import GTUBE
 
@@ -94,6 +94,10 @@ def run_checks(params) -> CheckReport:
         return CheckReport(t.address, (Check("mailboxes", False, "no mailboxes in the parameters"
                                                                  ": nothing to verify with"),))
     user = params.mail.mailboxes[0].address
+    # each mailbox opened once before the parallel checks: a new mailbox's first
+    # sessions in parallel made dovecot 2.3 panic on its index lock (EDEADLK)
+    first = [check(f"imap login {mb.address}", lambda u=mb.address: imap_login(t, u))
+             for mb in params.mail.mailboxes]
     todo = client_checks(params, t)
     from .session import Session
     session = Session(params)
@@ -101,9 +105,9 @@ def run_checks(params) -> CheckReport:
         session.info        # connect once, before the checks share the connection in threads
     except Exception as exc:  # noqa: BLE001 - reported as a failed check
         failed = Check("server checks over SSH", False, f"{type(exc).__name__}: {exc}")
-        return CheckReport(t.address, tuple(run_parallel(todo)) + (failed,))
+        return CheckReport(t.address, tuple(first + run_parallel(todo)) + (failed,))
     try:
-        checks = run_parallel(todo + server_checks(params, session))
+        checks = first + run_parallel(todo + server_checks(params, session))
     finally:
         session.close()
     # wrong passwords last: dovecot then slows every login from this address

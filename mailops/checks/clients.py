@@ -118,12 +118,23 @@ def message(sender: str, to: str, token: str) -> EmailMessage:
     return msg
 
 
+def imap_login(t: Target, user: str) -> str:
+    """Log in and open INBOX (a new mailbox's indexes are made here, once)."""
+    with t.imap(user) as m:
+        typ, data = m.select("INBOX")
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"SELECT INBOX: {typ} {data}")
+        return f"INBOX holds {int(data[0])} message(s)"
+
+
 def find_and_delete(t: Target, user: str, token: str, wait: float = 15) -> bool:
     """Whether the message with ``token`` reached ``user``'s INBOX (then deleted)."""
     deadline = time.monotonic() + wait
     with t.imap(user) as m:
         while True:
-            m.select("INBOX")
+            typ, why = m.select("INBOX")
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"SELECT INBOX of {user}: {typ} {why}")
             _, data = m.uid("SEARCH", None, "HEADER", "X-Mailops-Verify", token)
             uids = data[0].split()
             if uids:

@@ -65,8 +65,11 @@ def declare(p, info) -> list[Resource]:
             continue
         files.append(File(f"/etc/fail2ban/filter.d/{name}.conf",
                           render(f"etc/fail2ban/filter.d/{name}.conf.j2"), notify=("fail2ban",)))
+    # the journal backend needs python3-systemd (only recommended by Debian's fail2ban:
+    # without it the sshd jail stops fail2ban from starting, and --test does not see it)
+    journal = ("python3-systemd",) if ctx["sshd"] == "journal" else ()
     return [
-        Packages(("fail2ban", "nftables", "sqlite3")),
+        Packages(("fail2ban", "nftables", "sqlite3", *journal)),
         *files,
         Service("fail2ban", check=("fail2ban-client", "--test"), on_change="reload",
                 verify=("sh", "-c", READY, "fail2ban_ready", *jails(p, info))),
