@@ -12,7 +12,7 @@ from mailops.resources.rspamd import PASSWORD_FILE
 from mailops.layout import LEARN_PASSWORD
 from mailops.session import Session
 
-from .conftest import LAB_PARAMS, ROOT, provision_json
+from conftest import LAB_PARAMS, ROOT, provision_json
 
 SAMPLER = r"""end=$(( $(date +%s) + 120 ))
 while [ "$(date +%s)" -lt "$end" ] && [ ! -e /run/mailops-audit.stop ]; do
@@ -57,7 +57,8 @@ def test_no_secret_in_argv_logs_or_reports(params, lab_params):
         # every secret file is written again while the lab's command lines are sampled
         h.run(["rm", "-f", "/run/mailops-audit.stop", PASSWORD_FILE, LEARN_PASSWORD,
                BACKUP.passphrase, BACKUP.ssh_key])
-        h.run(["sh", "-c", f"nohup sh -c '{SAMPLER}' </dev/null >/dev/null 2>&1 &"])
+        h.run(["sh", "-c", 'nohup sh -c "$1" sampler </dev/null >/dev/null 2>&1 &', "start",
+               SAMPLER])
         time.sleep(0.5)
         res = provision_json("--params", str(LAB_PARAMS), "--apply")
         h.run(["touch", "/run/mailops-audit.stop"])
