@@ -174,8 +174,23 @@ def throughput(h, address: str, n: int, clients: int, rounds: int) -> dict:
             "lost": sum(p["full"]["messages"] - p["full"]["delivered"] for p in runs)}
 
 
-def restart_scenario(params, h, seconds: float = 25, clients: int = 20) -> dict:
-    """MTA-like clients through an rspamd restart (t~5 s) and a dovecot restart (t~15 s)."""
+def mailops_reload(params, bump: int) -> None:
+    """An apply of mailops itself that reloads postfix and dovecot (a changed message
+    size limit and default quota), as an operator's change would under load."""
+    mail = params.mail.model_copy(update={"message_size_limit_mb": params.mail.message_size_limit_mb
+                                          + bump, "default_quota_mb": params.mail.default_quota_mb
+                                          + bump})
+    with Session(params.model_copy(update={"mail": mail})) as s:
+        for step in ("40-dovecot", "50-postfix"):
+            result = s.apply(s.plan(step))
+            if not result.ok:
+                raise SystemExit(f"mailops apply under load failed: {result.error}")
+
+
+def restart_scenario(params, h, seconds: float = 25, clients: int = 20,
+                     by_mailops: bool = False) -> dict:
+    """MTA-like clients through an rspamd restart (t~5 s) and a dovecot restart (t~15 s),
+    or (``by_mailops``) through two applies of mailops that reload postfix and dovecot."""
     address = str(params.addresses[0])
     subject = f"mailops-restart-{uuid.uuid4().hex[:8]}"
     accepted: list[str] = []
@@ -207,9 +222,15 @@ def restart_scenario(params, h, seconds: float = 25, clients: int = 20) -> dict:
     for t in threads:
         t.start()
     time.sleep(5)
-    h.run(["sh", "-c", "service rspamd restart </dev/null >/dev/null 2>&1"], timeout=120)
+    if by_mailops:
+        mailops_reload(params, 1)
+    else:
+        h.run(["sh", "-c", "service rspamd restart </dev/null >/dev/null 2>&1"], timeout=120)
     time.sleep(max(0.0, 15 - (time.monotonic() - t0)))
-    h.run(["sh", "-c", "service dovecot restart </dev/null >/dev/null 2>&1"], timeout=120)
+    if by_mailops:
+        mailops_reload(params, 0)           # back to the parameters' own values
+    else:
+        h.run(["sh", "-c", "service dovecot restart </dev/null >/dev/null 2>&1"], timeout=120)
     last_restart = time.monotonic()
     for t in threads:
         t.join()
@@ -246,21 +267,27 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--restart", action="store_true", help="also the restart scenario")
     ap.add_argument("--only-restart", action="store_true")
+    ap.add_argument("--only-mailops-reload", action="store_true")
+    ap.add_argument("--mailops-reload", action="store_true",
+                    help="also the scenario with mailops' own applies reloading under load")
     args = ap.parse_args()
     params = load_params(PARAMS)
     out: dict = {}
     with Session(params) as s:
         h = s.host
-        if not args.only_restart:
+        if not (args.only_restart or args.only_mailops_reload):
             out["throughput"] = throughput(h, str(params.addresses[0]), args.messages,
                                            args.clients, args.rounds)
             t = out["throughput"]
             print(f"postfix alone {t['median_alone']} msgs/s, full path {t['median_full']} "
                   f"msgs/s, paired ratio median {t['median_ratio']} {t['paired_ratios']}, "
                   f"lost {t['lost']}")
-        if args.restart or args.only_restart:
+        if (args.restart or args.only_restart) and not args.only_mailops_reload:
             out["restart"] = restart_scenario(params, h)
             print(json.dumps(out["restart"]))
+        if args.mailops_reload or args.only_mailops_reload:
+            out["mailops_reload"] = restart_scenario(params, h, by_mailops=True)
+            print(json.dumps(out["mailops_reload"]))
     res = ROOT / "bench" / "results"
     res.mkdir(exist_ok=True)
     (res / "mailpath.json").write_text(json.dumps(out, indent=2))

@@ -120,6 +120,10 @@ class StackCommands:
             return self._check("sshd-t")
         raise self._unexpected(a)
 
+    def _cmd_dovecot_kick(self, a, stdin):
+        self.kicked = getattr(self, "kicked", 0) + 1
+        return 0, b"", b""
+
     def _cmd_fail2ban_ready(self, a, stdin):
         return self._check("fail2ban-ready")
 

@@ -108,6 +108,7 @@ class Service(Resource):
     probe: tuple[str, ...] = ()       # custom "is it active" command (exit 0: yes)
     start: tuple[str, ...] = ()       # custom start/reload command, with probe
     verify: tuple[str, ...] = ()      # smoke test after a (re)load; failing it rolls back
+    after_reload: tuple[str, ...] = ()  # run after each reload or restart (not a first start)
     kind: ClassVar[str] = "service"
 
     def __post_init__(self):
@@ -167,3 +168,5 @@ class Service(Resource):
         action = {Action.START: "start", Action.ENABLE: "enable",
                   Action.RELOAD: self.on_change, Action.RESTART: "restart"}[change.action]
         host.run(["sh", "-c", SERVICE_CTL, "service_ctl", action, self.name], timeout=300)
+        if self.after_reload and change.action in (Action.RELOAD, Action.RESTART):
+            host.run(list(self.after_reload), timeout=60)

@@ -12,6 +12,8 @@ from ..resources.maildb import DB_PATH
 from .checks import dovecot_check
 from .shared import Job, mailops_logs, scheduled
 
+# every IMAP/ManageSieve session disconnected (68: there was none)
+KICK = "doveadm kick '*' >/dev/null; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 68 ]"
 PURGE = "/usr/local/sbin/mailops-purge"
 PURGE_LOG = f"{LOG_DIR}/purge.log"
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
@@ -70,7 +72,10 @@ def declare(p, info) -> list[Resource]:
         Directory("/etc/dovecot/sieve"),
         Directory(SIEVE_BEFORE),
         *files,
-        Service("dovecot", check=check, on_change="reload", verify=smoke_command(p)),
+        # shutdown_clients = no lets deliveries finish across a reload; IMAP sessions are
+        # then disconnected, so clients log in again to the new configuration
+        Service("dovecot", check=check, on_change="reload", verify=smoke_command(p),
+                after_reload=("sh", "-c", KICK, "dovecot_kick")),
         # mdbox frees expunged mail's space only when purged: daily
         *mailops_logs(),
         Directory("/usr/local/sbin"),

@@ -9,6 +9,7 @@ from ..resources.maildb import DB_PATH
 from .checks import POSTFIX_CHECK
 
 PACKAGES = ("postfix", "postfix-sqlite")
+
 MAPS = ("domains", "mailboxes", "aliases", "sender-login")
 
 def declare(p, info) -> list[Resource]:
