@@ -84,6 +84,17 @@ def test_every_step_plans_reading_only_applies_and_converges(params):
         assert again.empty, str(again)
 
 
+def drifted_plan(params, step, has):
+    """A converged fake whose files feeding the step's services that ``has`` (a Service
+    field: check, verify) drifted: (fake, session, services, {path: content}, plan)."""
+    fake = FakeHost()
+    s = converge(params, fake)
+    services = {r.name for r in s.resources(step) if isinstance(r, Service) and getattr(r, has)}
+    drifted = tamper(fake, s.resources(step), services)
+    assert drifted, f"{step}: no config file feeds {services}"
+    return fake, s, services, drifted, s.plan(step)
+
+
 def tamper(fake, step_plan_resources, services):
     """Drift every file of the step that feeds ``services``; returns {path: content}."""
     drifted = {}
@@ -97,12 +108,7 @@ def tamper(fake, step_plan_resources, services):
 
 @pytest.mark.parametrize("step", sorted(STEP_CHECKS))
 def test_failing_config_check_restores_every_file_and_reloads_nothing(params, step):
-    fake = FakeHost()
-    s = converge(params, fake)
-    services = {r.name for r in s.resources(step) if isinstance(r, Service) and r.check}
-    drifted = tamper(fake, s.resources(step), services)
-    assert drifted, f"{step}: no config file feeds {services}"
-    plan = s.plan(step)
+    fake, s, services, drifted, plan = drifted_plan(params, step, "check")
     assert {c.target.split(" ", 1)[1] for c in plan.changes if c.action is Action.UPDATE} \
         >= set(drifted)
     for name in STEP_CHECKS[step]:
@@ -117,11 +123,7 @@ def test_failing_config_check_restores_every_file_and_reloads_nothing(params, st
 
 @pytest.mark.parametrize("step", sorted(STEP_SMOKE))
 def test_failing_smoke_test_rolls_back_and_reloads_the_old_files(params, step):
-    fake = FakeHost()
-    s = converge(params, fake)
-    services = {r.name for r in s.resources(step) if isinstance(r, Service) and r.verify}
-    drifted = tamper(fake, s.resources(step), services)
-    plan = s.plan(step)
+    fake, s, services, drifted, plan = drifted_plan(params, step, "verify")
     fake.checks[STEP_SMOKE[step]] = lambda f: "did not answer"
     fake.commands.clear()
     result = s.apply(plan)
