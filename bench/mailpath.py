@@ -234,6 +234,7 @@ def restart_scenario(params, h, seconds: float = 25, clients: int = 20,
     last_restart = time.monotonic()
     for t in threads:
         t.join()
+    clients_done = time.monotonic() - last_restart
     wait_until(h, ["sh", "-c", QUEUE_EMPTY, "queue_empty"], 900)
     empty_after = time.monotonic() - last_restart
     ids = h.run(["doveadm", "fetch", "-u", RCPT, "hdr.message-id hdr.x-spamd-bar", "mailbox",
@@ -257,6 +258,7 @@ def restart_scenario(params, h, seconds: float = 25, clients: int = 20,
             "lost": len(set(accepted) - set(seen)),
             "duplicated": sum(c - 1 for c in seen.values() if c > 1),
             "unscanned": unscanned, "suspended_deferrals": suspended,
+            "clients_done_s_after_last_restart": round(clients_done, 1),
             "queue_empty_s_after_last_restart": round(empty_after, 1)}
 
 
