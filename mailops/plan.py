@@ -170,7 +170,9 @@ def _service_reloads(resources, changes, service_facts) -> list[Change]:
     for c in changes:
         for svc in getattr(c.resource, "notify", ()):
             changed[svc].append(c.resource.key)
-    starting = {c.resource.name for c in changes if c.action is Action.START}
+    # starting anyway, or already reloaded because an earlier apply left it pending
+    starting = {c.resource.name for c in changes
+                if c.action in (Action.START, Action.RELOAD, Action.RESTART)}
     services = {r.name: r for r in resources if isinstance(r, Service)}
     unknown = set(changed) - set(services)
     if unknown:

@@ -214,3 +214,15 @@ def test_an_apply_cut_at_any_point_is_finished_by_the_next_run(params):
         assert b"message_size_limit = 20971520" in fake.files["/etc/postfix/main.cf"].content
         assert s.plan("50-postfix").empty, (cut, str(s.plan("50-postfix")))
     assert n_commands is not None and n_commands >= 3, "the apply never ran to its end"
+
+
+def test_a_pending_service_with_new_changes_is_reloaded_once(params):
+    import copy
+    base = CutHost()
+    converge(params, base)
+    fake = copy.deepcopy(base)
+    fake.files["/var/lib/mailops/pending/postfix"] = type(fake.files["/etc/postfix/main.cf"])(b"")
+    fake.files["/etc/postfix/main.cf"].content += b"# drift\n"
+    plan = Session(params, host=fake).plan("50-postfix")
+    reloads = [c for c in plan.changes if c.target == "service postfix"]
+    assert len(reloads) == 1, plan.changes
