@@ -214,6 +214,8 @@ def apply(host, plan: Plan) -> ApplyResult:
         # a failure halfway: put back the files written so far (best effort)
         try:
             restored = tuple(_restore_files(host, done))
+            if not any(isinstance(c.resource, Service) for c in done):
+                clear_pending(host, reloads)        # nothing reloaded: disk is what runs
         except (HostError, OSError) as again:
             restored, exc = (), f"{exc}; restoring the previous files failed too: {again}"
         return ApplyResult(plan.step, host.url, Status.FAILED, tuple(done), str(exc),

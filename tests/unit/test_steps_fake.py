@@ -226,3 +226,16 @@ def test_a_pending_service_with_new_changes_is_reloaded_once(params):
     plan = Session(params, host=fake).plan("50-postfix")
     reloads = [c for c in plan.changes if c.target == "service postfix"]
     assert len(reloads) == 1, plan.changes
+
+
+def test_a_failed_write_that_was_rolled_back_leaves_nothing_pending(params):
+    fake = FakeHost()
+    s = converge(params, fake)
+    fake.fail_writes.add("/etc/postfix/main.cf")
+    changed = params.model_copy(update={"mail": params.mail.model_copy(
+        update={"message_size_limit_mb": 21})})
+    s = Session(changed, host=fake)
+    result = s.apply(s.plan("50-postfix"))
+    assert result.status is Status.FAILED and "No space left" in result.error
+    assert not [p for p in fake.files if p.startswith("/var/lib/mailops/pending/")]
+    assert Session(params, host=fake).plan("50-postfix").empty
