@@ -12,12 +12,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-# check names as tests address them -> how the command is recognised
-CHECK_NAMES = ("postfix-check", "doveconf", "rspamadm-configtest", "fail2ban-test", "sshd-t",
-               "apt-config",
-               "dovecot-smoke", "rspamd-ready", "sievec", "unbound-checkconf", "nft-check",
-               "logrotate", "borgmatic-validate")
-
 # directories a package creates that later resources write into
 PACKAGE_DIRS = {
     "logrotate": ("/etc/logrotate.d",),
