@@ -17,7 +17,7 @@ from mailops.session import Session
 from mailops.steps import STEPS
 
 PROVISIONING = [s.name for s in STEPS if s.declare]
-# the check each step must run before it reloads (fakestack.CHECK_NAMES)
+# the check each step must run before it reloads (names as the fake host reports them)
 STEP_CHECKS = {
     "10-base": {"unbound-checkconf", "nft-check", "sshd-t"},
     "40-dovecot": {"doveconf"},
