@@ -307,7 +307,7 @@ class FakeHost(StackCommands, Host):
 
     def _cmd_nft(self, a, stdin):
         if a[1:3] == ["-c", "-f"]:
-            return self._run_check("nft-check")
+            return self._check("nft-check")
         if a[1] == "list":
             return (0 if self.nft_loaded else 1), b"", b""
         if a[1] == "-f":
@@ -316,10 +316,8 @@ class FakeHost(StackCommands, Host):
         raise UnexpectedCommand(f"nft {a[1:]}")
 
     def _cmd_unbound_checkconf(self, a, stdin):
-        return self._run_check("unbound-checkconf")
+        return self._check("unbound-checkconf")
 
-    def _run_check(self, name):
-        return self._check(name)
 
 
 def _name(argv) -> str:

@@ -9,6 +9,7 @@ fail and see the step roll back.  The users-database helper runs its real SQL
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 
@@ -30,6 +31,15 @@ PACKAGE_VERSIONS = {"dovecot-core": "1:2.3.19.1+dfsg1-2.1+deb12u1", "borgmatic":
                     "postfix": "3.7.11-0+deb12u1", "rspamd": "3.4-1"}
 PACKAGE_USERS = {"postfix": ("postfix", "postfix"), "rspamd": ("_rspamd", "_rspamd"),
                  "redis-server": ("redis", "redis")}
+
+
+@functools.cache
+def _userdb_module() -> dict:
+    """The helper's functions (its source without the final ``main()`` call), loaded once."""
+    from .remote import source
+    ns: dict = {"__name__": "fake_userdb"}
+    exec(compile(source("userdb").rsplit("\nmain()", 1)[0], "userdb.py", "exec"), ns)
+    return ns
 
 
 class StackCommands:
@@ -55,16 +65,10 @@ class StackCommands:
             self.userdb.executescript("\n".join(dump))
 
     # -- the users database helper (its real SQL) --------------------------------
-    def _userdb_module(self) -> dict:
-        from .remote import source
-        ns: dict = {"__name__": "fake_userdb"}
-        exec(compile(source("userdb").rsplit("\nmain()", 1)[0], "userdb.py", "exec"), ns)
-        return ns
-
     def _userdb_request(self, req: dict) -> tuple[int, bytes, bytes]:
         from .resources.maildb import DB_PATH
         from .fakehost import FakeFile
-        ns = self._userdb_module()
+        ns = _userdb_module()
         if req["op"] == "dump" and self.userdb is None:
             return 0, json.dumps({"version": 0, "exists": False}).encode(), b""
         if self.userdb is None:
@@ -115,7 +119,6 @@ class StackCommands:
         raise self._unexpected(a)
 
     def _cmd_dovecot_kick(self, a, stdin):
-        self.kicked = getattr(self, "kicked", 0) + 1
         return 0, b"", b""
 
     def _cmd_fail2ban_ready(self, a, stdin):
@@ -165,7 +168,7 @@ class StackCommands:
             else b"missing\n", b""
 
     def _cmd_mailops_borg(self, a, stdin):
-        if a[1:3] == ["key", "export"] and self.borg_archives is not None:
+        if a[1:3] == ["key", "export"]:
             return 0, b"BORG_KEY 0123abcd\nfakekeyfakekey\n", b""
         raise self._unexpected(a)
 

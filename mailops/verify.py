@@ -19,11 +19,6 @@ from .checks.smtp import GTUBE
 __all__ = ["Check", "CheckFailed", "CheckReport", "GTUBE", "Target", "check", "find_and_delete",
            "message", "require", "run_checks", "run_parallel", "target_from"]
 
-# the names the lab tests call the single checks by
-_deliver = smtp.deliver
-_gtube_refused = smtp.gtube_refused
-_learning = server.learning
-
 
 def client_checks(params, t: Target) -> list[tuple[str, Callable[[], str]]]:
     """Checks from outside, as clients and other servers meet the server."""

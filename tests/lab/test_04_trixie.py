@@ -7,6 +7,7 @@ import pytest
 
 from conftest import ROOT, mailops_cli, provision_json
 from mailops import backup, lab, verify
+from mailops.checks import smtp
 from mailops.host import LocalHost
 from mailops.params import load_params
 from mailops.session import Session
@@ -65,7 +66,7 @@ def test_trixie_mail_server_from_nothing(lab_up, tmp_path):
         assert proc.returncode == 1 and "2.3 syntax in a 2.4 configuration" in proc.stdout
         with Session(params) as s:
             assert s.host.read_file("/etc/dovecot/dovecot.conf") == before
-        assert "via port 25" in verify._deliver(verify.target_from(params), 25, None,
+        assert "via port 25" in smtp.deliver(verify.target_from(params), 25, None,
                                                  "bob@example.test", "bob@example.test")
     finally:
         lab.down(spec, purge=True)

@@ -11,6 +11,7 @@ import yaml
 
 from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json, take_outbound
 from mailops import verify
+from mailops.checks import smtp
 from mailops.params import load_params
 from mailops.resources.maildb import userdb
 from mailops.secrets import Secret, resolve
@@ -28,7 +29,7 @@ def provisioned(lab_up):
 
 def deliver_ok(params) -> str:
     t = verify.target_from(params)
-    return verify._deliver(t, 25, None, "alice@lab.test", "alice@lab.test")
+    return smtp.deliver(t, 25, None, "alice@lab.test", "alice@lab.test")
 
 
 def test_verify_is_all_green(provisioned):

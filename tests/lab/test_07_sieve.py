@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from mailops import learning, verify
+from mailops.checks import server
 from mailops.session import Session
 
 USER = "bob@example.test"
@@ -131,7 +132,7 @@ def test_a_failed_learn_is_logged_and_the_move_still_succeeds(params, host):
     last = learning.events(host)[-1]
     assert (last.kind, last.outcome) == ("spam", "failed") and "unreachable" in last.detail, last
     # verify reports it until a learn succeeds again
-    check = verify.check("learning", lambda: verify._learning(host))
+    check = verify.check("learning", lambda: server.learning(host))
     assert not check.ok and "the last learn failed" in check.evidence
 
 
@@ -140,5 +141,5 @@ def test_learning_check_passes_again_after_a_good_learn(params, host):
     token = deliver(t, "mailops-lab-add-header third")
     with t.imap(USER) as m:
         move(m, token, "INBOX")
-    check = verify.check("learning", lambda: verify._learning(host))
+    check = verify.check("learning", lambda: server.learning(host))
     assert check.ok, check.evidence

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mailops import verify
+from mailops.checks import smtp
 from mailops.host import LocalHost
 from mailops.session import Session
 from mailops.steps import fail2ban as f2b
@@ -197,7 +198,7 @@ def fail2ban_regex(host, log, filt):
 def test_every_jail_filter_matches_the_lab_log_lines(params, host):
     # the tests above made the failed-login lines; a spam refusal is made here (from the
     # gateway, on the ignore list: logged, not banned)
-    verify._gtube_refused(verify.target_from(params), "alice@lab.test")
+    smtp.gtube_refused(verify.target_from(params), "alice@lab.test")
     time.sleep(1)
     assert fail2ban_regex(host, f2b.DOVECOT_LOG, "/etc/fail2ban/filter.d/mailops-dovecot.conf") >= 5
     assert fail2ban_regex(host, f2b.POSTFIX_LOG, "postfix[mode=auth]") >= 5
@@ -233,5 +234,5 @@ def test_logs_rotate_and_the_daemons_and_fail2ban_follow(params, host):
     fail_from(imap_wrong_login, t, LATE_ATTACKER, params.fail2ban.dovecot.maxretry)
     wait_banned(host, "dovecot", LATE_ATTACKER)          # read from the new dovecot.log
     assert LATE_ATTACKER in host.read_file(f2b.DOVECOT_LOG).decode()
-    verify._deliver(t, 25, None, "bob@example.test", "bob@example.test")
+    smtp.deliver(t, 25, None, "bob@example.test", "bob@example.test")
     assert b"status=sent" in host.read_file(f2b.POSTFIX_LOG)   # postfix writes on after copytruncate
