@@ -1,4 +1,5 @@
-"""The ``mailops`` command: lab, plan, provision, drill."""
+"""The ``mailops`` command: lab, plan, provision, drill; and the management
+commands user, alias, catchall, domain (mailops/climanage.py)."""
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="restore this mailbox for real (deleted or empty: as archived; "
                          "else beside its mail in Restored/<archive>)")
 
+    from . import climanage
+    climanage.add_parsers(sub, DEFAULT_PARAMS)
+
     args = ap.parse_args(argv)
     from .params import ParamsError
     try:
+        if args.cmd in climanage.WRITES:
+            return climanage.run(args)
         return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill}[args.cmd](args)
     except ParamsError as exc:
         print(exc, file=sys.stderr)

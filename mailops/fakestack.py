@@ -47,6 +47,8 @@ class StackCommands:
 
     def _init_stack(self):
         self.userdb: sqlite3.Connection | None = None     # created by the first write
+        self.flushed: list[str] = []                      # doveadm auth cache flush USER
+        self.kicked: list[str] = []                       # doveadm kick USER
         self.borg_archives: list[str] = []
 
     # copies of a fake (copy.deepcopy) carry the database as SQL
@@ -69,7 +71,7 @@ class StackCommands:
         from .resources.maildb import DB_PATH
         from .fakehost import FakeFile
         ns = _userdb_module()
-        if req["op"] == "dump" and self.userdb is None:
+        if req["op"] in ("dump", "snapshot") and self.userdb is None:
             return 0, json.dumps({"version": 0, "exists": False}).encode(), b""
         if self.userdb is None:
             if DB_PATH.rsplit("/", 1)[0] not in self.dirs:
@@ -77,13 +79,10 @@ class StackCommands:
             self.userdb = sqlite3.connect(":memory:", isolation_level=None)
             self.files[DB_PATH] = FakeFile(b"SQLite format 3\0", 0o640, "root",
                                            req.get("group", "root"))
-        op, args = req["op"], req.get("args", {})
-        if op == "dump":
-            reply = ns["dump"](self.userdb)
-        elif op == "migrate":
-            reply = ns["migrate"](self.userdb)
-        else:
-            reply = ns["write"](self.userdb, ns["OPS"][op](args))
+        try:
+            reply = ns["handle"](self.userdb, req["op"], req.get("args", {}))
+        except SystemExit as exc:
+            return 1, b"", f"{exc}\n".encode()
         return 0, json.dumps(reply).encode(), b""
 
     def _cmd_userdb_dump(self, a, stdin):
@@ -96,7 +95,27 @@ class StackCommands:
         if a[1:3] == ["pw", "-l"]:
             return 0, b"SHA512-CRYPT BLF-CRYPT PLAIN\n", b""
         if a[1:3] == ["auth", "cache"]:
+            self.flushed.append(a[-1])
             return 0, b"", b""
+        if a[1] == "kick":
+            self.kicked.append(a[2])
+            return 68, b"", b""            # nobody was logged in
+        raise self._unexpected(a)
+
+    # -- management: a removed mailbox's mail set aside, its home listed --------------
+    def _cmd_mailops_set_aside(self, a, stdin):
+        src, dst = a[4], a[5]
+        moved = [p for p in list(self.files) if p.startswith(src + "/")]
+        if not moved and src not in self.dirs:
+            return 0, b"no mail stored\n", b""
+        for p in moved:
+            self.files[dst + p[len(src):]] = self.files.pop(p)
+        self.dirs.pop(src, None)
+        return 0, f"mail kept in {dst}\n".encode(), b""
+
+    def _cmd_test(self, a, stdin):
+        if a[1] == "-f":
+            return (0 if a[2] in self.files else 1), b"", b""
         raise self._unexpected(a)
 
     # -- config checks and smoke tests -----------------------------------------

@@ -23,7 +23,8 @@ from .session import Session
 from .steps import STEPS, Step, get_step
 
 PROJECT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = PROJECT / "notebooks"
+NOTEBOOKS = PROJECT / "notebooks" / "provisioning"
+MANAGEMENT = PROJECT / "notebooks" / "management"
 REPORTS = PROJECT / "reports"
 
 
@@ -146,21 +147,21 @@ def _run_step(session: Session, step: Step, params_file: Path, apply: bool, note
 def _run_notebook(step: Step, params_file: Path, apply: bool, run_dir: Path,
                   t0: float) -> StepRecord:
     out = run_dir / step.notebook
-    data = _execute(step.notebook, out, run_dir / f"{step.name}.json",
+    data = _execute(NOTEBOOKS / step.notebook, out, run_dir / f"{step.name}.json",
                     {"params_file": str(params_file), "dry_run": not apply})
     return StepRecord(step.name, data.get("status", Status.FAILED.value),
                       int(data.get("changes", 0)), out.name, time.monotonic() - t0,
                       data.get("error"), tuple(data.get("targets", ())))
 
 
-def _execute(notebook: str, out: Path, rec_file: Path, parameters: dict) -> dict:
+def _execute(notebook: Path, out: Path, rec_file: Path, parameters: dict) -> dict:
     """Run a notebook through papermill; its record (written by its last cell), with
     the failing cell's error when a cell failed."""
     import papermill
     error = None
     try:
         papermill.execute_notebook(
-            str(NOTEBOOKS / notebook), str(out), cwd=str(NOTEBOOKS),
+            str(notebook), str(out), cwd=str(notebook.parent),
             parameters={**parameters, "record_file": str(rec_file)},
             kernel_name="python3", progress_bar=False, log_output=False)
     except Exception as exc:  # noqa: BLE001 - papermill wraps the cell's error
@@ -190,7 +191,7 @@ def drill(params_file: str | Path, *, archive: str = "", restore_mailbox: str = 
     out_dir = reports / "drills" / _stamp()
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / DRILL_NOTEBOOK
-    record = _execute(DRILL_NOTEBOOK, out, out_dir / "record.json",
+    record = _execute(NOTEBOOKS / DRILL_NOTEBOOK, out, out_dir / "record.json",
                       {"params_file": str(params_file), "archive": archive,
                        "restore_mailbox": restore_mailbox})
     record.setdefault("status", Status.FAILED.value)

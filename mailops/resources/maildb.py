@@ -20,7 +20,7 @@ from .base import Action, Change, FactError, Resource
 
 DB_PATH = "/var/lib/mailops/users.sqlite"
 DB_GROUP = "postfix"       # postfix's proxymap drops supplementary groups: the db is its group's
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def userdb(host, op: str, args: dict | None = None, *, db: str = DB_PATH,
@@ -140,8 +140,7 @@ class Mailbox(_DBResource):
         diffs = []
         if found["quota_bytes"] != self.quota_bytes:
             diffs.append(f"quota {found['quota_bytes']} -> {self.quota_bytes} bytes")
-        if not found["active"]:
-            diffs.append("inactive -> active")
+        # active is the management commands' (a disabled mailbox stays disabled)
         return [Change(self, Action.UPDATE, "; ".join(diffs))] if diffs else []
 
     def apply(self, host, change):
@@ -150,7 +149,7 @@ class Mailbox(_DBResource):
             userdb(host, "create_mailbox", {"address": self.address, "password": hashed,
                                             "active": 1, "quota_bytes": self.quota_bytes})
         else:
-            userdb(host, "update_mailbox", {"address": self.address, "active": 1,
+            userdb(host, "update_mailbox", {"address": self.address,
                                             "quota_bytes": self.quota_bytes})
 
 

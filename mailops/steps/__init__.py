@@ -1,7 +1,7 @@
 """The provisioning steps, in the order the runner takes them.
 
 A step declares resources from the validated parameters and the host's facts;
-its notebook (``notebooks/<name>.ipynb``) plans, shows and applies them.
+its notebook (``notebooks/provisioning/<name>.ipynb``) plans, shows and applies them.
 A step without ``declare`` only reads (00-connect).
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ from .shared import Job, mailops_logs, scheduled
 KICK = "doveadm kick '*' >/dev/null; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 68 ]"
 PURGE = "/usr/local/sbin/mailops-purge"
 PURGE_LOG = f"{LOG_DIR}/purge.log"
+QUOTA_WARNING = "/usr/local/sbin/mailops-quota-warning"
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve",
             "dovecot-managesieved", "dovecot-sqlite")
 
@@ -55,8 +56,9 @@ PY
 def declare(p, info) -> list[Resource]:
     series = dovecot_series(info)
     vmail = Vmail()
+    # last IMAP login per user in redis, which rspamd's step installs
     ctx = dict(p=p, tls=tls_paths(p), vmail=vmail, db_path=DB_PATH, sieve_before=SIEVE_BEFORE,
-               sieve=sieve_layout(p))
+               sieve=sieve_layout(p), quota_warning=QUOTA_WARNING, last_login=p.rspamd.enabled)
     files = [File("/etc/dovecot/dovecot.conf",
                   render(f"etc/dovecot/dovecot-{series}.conf.j2", **ctx), notify=("dovecot",))]
     if series == "2.3":
@@ -80,6 +82,9 @@ def declare(p, info) -> list[Resource]:
         *mailops_logs(),
         Directory("/usr/local/sbin"),
         File(PURGE, render("usr/local/sbin/mailops-purge.j2", log=PURGE_LOG), mode="0755"),
+        File(QUOTA_WARNING, render("usr/local/sbin/mailops-quota-warning.j2",
+                                   vmail=vmail.uid_name, postmaster=p.postmaster),
+             mode="0755", notify=("dovecot",)),
         *scheduled(Job("purge", "mailops mdbox purge (doveadm purge -A)", PURGE,
                        p.mail.purge_at), info),
     ]

@@ -10,16 +10,24 @@ from mailops.steps import STEPS
 
 
 # notebooks that are not provisioning steps: they read, and change only on request
-OPERATIONS = ["85-restore-drill.ipynb"]
-ALL = [s.notebook for s in STEPS] + OPERATIONS
+OPERATIONS = ["provisioning/85-restore-drill.ipynb"]
+# management notebooks: plan one change from their parameters, dry_run on by default
+MANAGEMENT = ["management/users.ipynb", "management/sieve.ipynb"]
+ALL = [f"provisioning/{s.notebook}" for s in STEPS] + OPERATIONS + MANAGEMENT
+KINDS = {"provisioning", "management", "analysis"}
 
 
 def notebooks(root):
-    return sorted((root / "notebooks").glob("*.ipynb"))
+    return sorted((root / "notebooks").glob("*/*.ipynb"))
 
 
 def test_every_step_has_a_notebook_and_every_notebook_a_step(root):
-    assert {p.name for p in notebooks(root)} == set(ALL)
+    assert {str(p.relative_to(root / "notebooks")) for p in notebooks(root)} == set(ALL)
+
+
+def test_notebooks_are_grouped_by_kind(root):
+    assert {p.name for p in (root / "notebooks").iterdir() if p.is_dir()} <= KINDS
+    assert not list((root / "notebooks").glob("*.ipynb")), "a notebook outside the kind folders"
 
 
 def test_committed_notebooks_have_no_outputs(root):
