@@ -19,6 +19,7 @@ import difflib
 import json
 import re
 
+from .facts import dovecot_series
 from .manage import Effect, ManageError, Plan, check_address, home_of, read_state
 from .remote import source
 
@@ -176,7 +177,8 @@ def test(session, address: str, script: str, messages: list[str | bytes],
     check_script(script)
     texts = [m.decode("utf-8", "replace") if isinstance(m, bytes) else m for m in messages]
     reply = _helper(session.host, {"op": "test", "script": script, "messages": texts,
-                                   "recipient": address, "sender": sender})
+                                   "recipient": address, "sender": sender,
+                                   "series": dovecot_series(session.info)})
     out = []
     for text, r in zip(texts, reply["results"]):
         m = re.search(r"(?im)^subject:[ \t]*(.*)$", text.split("\n\n", 1)[0])

@@ -2,7 +2,7 @@
 
 Runs as `python3 -c <this file>` with one JSON request on stdin, prints one JSON
 reply.  Ops:
-  test   {script, messages[], recipient, sender}: sieve-test on each message
+  test   {script, messages[], recipient, sender, series}: sieve-test on each message
          (nothing is delivered), in a private directory owned by the mail user
   get    {home, name}: an admin script's text ("" when there is none)
   put    {home, name, text}: an admin script, compiled by sievec before it
@@ -44,9 +44,11 @@ def test(req):
         _chown_tree(d, pw)
         results = []
         for i in range(len(req["messages"])):
+            # a scratch mail store (2.4 has no -l: the settings are given instead)
+            store = (["-o", "mail_driver=mdbox", "-o", f"mail_path={d}/mail"]
+                     if req.get("series") == "2.4" else ["-l", f"mdbox:{d}/mail"])
             argv = ["sieve-test", "-r", req["recipient"], "-f", req["sender"] or "MAILER-DAEMON",
-                    "-l", f"mdbox:{d}/mail", os.path.join(d, "script.sieve"),
-                    os.path.join(d, f"m{i}.eml")]
+                    *store, os.path.join(d, "script.sieve"), os.path.join(d, f"m{i}.eml")]
             r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
             results.append({"code": r.returncode, "out": r.stdout, "err": r.stderr})
         return {"results": results}
