@@ -109,9 +109,11 @@ def wait_for(t, user, password, criteria, wait=20.0, box="INBOX", expect=1) -> l
     while True:
         with t.imap_connect() as m:
             m.login(user, password)
-            m.select(box)
-            _, data = m.search(None, *[f'"{c}"' if " " in c else c for c in criteria])
-            found = data[0].split()
+            typ, _ = m.select(box)            # NO: the folder is not made yet
+            found = []
+            if typ == "OK":
+                _, data = m.search(None, *[f'"{c}"' if " " in c else c for c in criteria])
+                found = data[0].split()
             if len(found) >= expect or time.monotonic() > deadline:
                 return found
         time.sleep(0.5)
