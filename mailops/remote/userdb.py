@@ -83,35 +83,29 @@ def migrate(db):
     return {"from": v, "to": SCHEMA_VERSION}
 
 
-def dump(db):
-    v = version(db)
-    if v == 0:
-        return {"version": 0}
+def _read(db, mailbox_columns):
     rows = lambda q: [list(r) for r in db.execute(q)]  # noqa: E731
     return {
-        "version": v,
+        "version": version(db),
         "domains": rows("SELECT name, active FROM domains ORDER BY name"),
-        "mailboxes": rows("SELECT address, password, active, quota_bytes FROM mailboxes "
-                          "ORDER BY address"),
+        "mailboxes": rows(f"SELECT {mailbox_columns} FROM mailboxes ORDER BY address"),
         "aliases": rows("SELECT source, destination FROM aliases ORDER BY source, destination"),
         "catchall": rows("SELECT domain, destination FROM catchall ORDER BY domain"),
     }
+
+
+def dump(db):
+    """Everything, hashes too (provisioning compares against it)."""
+    if version(db) == 0:
+        return {"version": 0}
+    return _read(db, "address, password, active, quota_bytes")
 
 
 def snapshot(db):
     """Everything but the password hashes (listing 10,000 mailboxes ships no hash)."""
-    v = version(db)
-    if v < 2:
-        return {"version": v}
-    rows = lambda q: [list(r) for r in db.execute(q)]  # noqa: E731
-    return {
-        "version": v,
-        "domains": rows("SELECT name, active FROM domains ORDER BY name"),
-        "mailboxes": rows("SELECT address, active, quota_bytes, created FROM mailboxes "
-                          "ORDER BY address"),
-        "aliases": rows("SELECT source, destination FROM aliases ORDER BY source, destination"),
-        "catchall": rows("SELECT domain, destination FROM catchall ORDER BY domain"),
-    }
+    if version(db) < 2:
+        return {"version": version(db)}
+    return _read(db, "address, active, quota_bytes, created")
 
 
 class Conflict(Exception):
