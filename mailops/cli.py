@@ -1,5 +1,5 @@
 """The ``mailops`` command: lab, plan, provision, drill; and the management
-commands user, alias, catchall, domain (mailops/climanage.py)."""
+commands user, alias, catchall, domain, sieve (mailops/climanage.py)."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from .params import ParamsError
     try:
-        if args.cmd in climanage.WRITES:
+        if args.cmd in climanage.COMMANDS:
             return climanage.run(args)
         return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill}[args.cmd](args)
     except ParamsError as exc:

@@ -10,13 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-WRITES = {
-    "user": ("add", "passwd", "quota", "disable", "enable", "remove"),
-    "alias": ("add", "remove"),
-    "catchall": ("set", "clear"),
-    "domain": ("add", "remove"),
-    "sieve": ("put", "activate", "deactivate", "delete", "vacation"),
-}
+COMMANDS = ("user", "alias", "catchall", "domain", "sieve")
 
 
 def add_parsers(sub, default_params: Path) -> None:

@@ -41,8 +41,13 @@ def password_from(source: str, *, base: Path = Path.cwd()) -> tuple[Secret | Non
     if source == "generate":
         return None, True
     if source == "prompt":
-        first = getpass.getpass("new password: ")
-        if first != getpass.getpass("again: "):
+        try:
+            first = getpass.getpass("new password: ")
+            again = getpass.getpass("again: ")
+        except Exception as exc:  # noqa: BLE001 - papermill's kernel cannot ask
+            raise ManageError("password", f"cannot prompt here ({type(exc).__name__}): give "
+                                          "generate, file:PATH[#key] or env:NAME") from None
+        if first != again:
             raise ManageError("password", "the two entries differ")
         if len(first) < 12:
             raise ManageError("password", "at least 12 characters")
@@ -104,7 +109,14 @@ def set_password(session, address: str, password: Secret) -> float:
 
 
 def plan_set_quota(session, address: str, quota_mb: int | str) -> Plan:
-    return manage.plan_set_quota(state(session), address, quota_mb)
+    plan = manage.plan_set_quota(state(session), address, quota_mb)
+    declared = [mb for mb in session.params.mail.mailboxes if mb.address == address]
+    if declared and not plan.empty:
+        note = (f"{address} is declared in the parameters with quota_mb "
+                f"{declared[0].quota_mb}: the next provisioning run sets that again; change "
+                "the parameters file to keep this")
+        return Plan(plan.action, plan.rows, plan.effects, plan.notes + (note,))
+    return plan
 
 
 def plan_disable(session, address: str) -> Plan:

@@ -84,7 +84,7 @@ def declare(p, info) -> list[Resource]:
         File(PURGE, render("usr/local/sbin/mailops-purge.j2", log=PURGE_LOG), mode="0755"),
         File(QUOTA_WARNING, render("usr/local/sbin/mailops-quota-warning.j2",
                                    vmail=vmail.uid_name, postmaster=p.postmaster),
-             mode="0755", notify=("dovecot",)),
+             mode="0755"),        # run afresh at each warning: no reload
         *scheduled(Job("purge", "mailops mdbox purge (doveadm purge -A)", PURGE,
                        p.mail.purge_at), info),
     ]

@@ -205,6 +205,7 @@ def test_add_list_login_passwd_disable_enable_remove(params, session, tmp_path):
     assert session.host.run(["test", "-d", kept + "/mdbox"], check=False).ok
     assert not login(t, addr, password)
     session.host.run(["rm", "-rf", kept])
+    pw_file.unlink()
 
 
 def test_purge_archives_in_borg_before_deleting(params, session, mailboxes):
@@ -310,6 +311,7 @@ def test_users_notebook_under_papermill(params, session, tmp_path):
                                        "address": addr, "password": "generate", "dry_run": False})
     cli("user", "remove", addr)
     session.host.run(["rm", "-rf", manage.REMOVED_DIR])
+    (manage.PASSWORD_DIR / f"{addr}.txt").unlink()
 
 
 # -- quota warnings and over quota (both dovecot series) --------------------------------------
