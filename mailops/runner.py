@@ -24,7 +24,6 @@ from .steps import STEPS, Step, get_step
 
 PROJECT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = PROJECT / "notebooks" / "provisioning"
-MANAGEMENT = PROJECT / "notebooks" / "management"
 REPORTS = PROJECT / "reports"
 
 
