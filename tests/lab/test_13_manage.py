@@ -35,17 +35,28 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
+@pytest.fixture(scope="module")
+def trixie_lab(lab_up):
+    """The Debian 13 lab host, provisioned; taken down after this module (test_99 expects
+    only the Debian 12 labs, and their apt proxy is shared)."""
+    p = load_params(TRIXIE)
+    spec = lab.LabSpec.from_params(p)
+    lab.up(spec)
+    lab.prepare_backup_host(p)
+    res = provision_json("--params", str(TRIXIE), "--apply")
+    assert res["ok"], res
+    yield TRIXIE, p
+    lab.down(spec)
+
+
 @pytest.fixture(params=["bookworm", pytest.param("trixie", marks=pytest.mark.slow)])
 def any_lab(request, lab_up):
-    """The Debian 12 lab, or the Debian 13 one (built and provisioned when it is not)."""
-    path = LAB_PARAMS if request.param == "bookworm" else TRIXIE
-    p = load_params(path)
+    """The Debian 12 lab (provisioned), or the Debian 13 one."""
     if request.param == "trixie":
-        lab.up(lab.LabSpec.from_params(p))
-        lab.prepare_backup_host(p)
-    res = provision_json("--params", str(path), "--apply")
+        return request.getfixturevalue("trixie_lab")
+    res = provision_json("--params", str(LAB_PARAMS), "--apply")
     assert res["ok"], res
-    return path, p
+    return LAB_PARAMS, load_params(LAB_PARAMS)
 
 
 def login(t, user, password) -> bool:
