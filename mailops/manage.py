@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import secrets as _secrets
 import time
 from pathlib import Path
@@ -23,15 +22,13 @@ from typing import Any, Callable
 
 from .host import CommandError
 from .layout import BACKUP, VHOSTS
-from .resources.maildb import PasswordPolicy, userdb
+from .params import FQDN_RE, LOCAL_PART_RE
+from .resources.maildb import policy_of, scheme_for_host, userdb
 from .secrets import Secret
 
 REMOVED_DIR = f"{VHOSTS}/.removed"       # mail of removed mailboxes, by date (never a domain name)
 PASSWORD_DIR = Path.home() / ".mailops" / "initial-passwords"
 MAX_ADDRESS = 254
-_LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
 
 
 class ManageError(ValueError):
@@ -60,7 +57,7 @@ def check_domain(field: str, value: Any) -> str:
                                  f"takes the punycode (ASCII) form{hint}")
     if value != value.lower():
         raise ManageError(field, f"{_shown(value)} must be lower case")
-    if not _DOMAIN.fullmatch(value):
+    if not FQDN_RE.fullmatch(value):
         raise ManageError(field, f"{_shown(value)} is not a domain name: labels of a-z, 0-9 "
                                  "and '-' separated by dots, e.g. example.com")
     return value
@@ -85,7 +82,7 @@ def check_address(field: str, value: Any) -> str:
         raise ManageError(field, f"local part too long ({len(local)} characters, at most 64)")
     if local != local.lower():
         raise ManageError(field, f"{_shown(value)} must be lower case")
-    if not _LOCAL.fullmatch(local) or ".." in local:
+    if not LOCAL_PART_RE.fullmatch(local) or ".." in local:
         raise ManageError(field, f"{_shown(value)}: the local part takes a-z, 0-9 and . _ + - "
                                  "only (no quotes, %, spaces, shell or SQL characters)")
     return value
@@ -550,18 +547,12 @@ def write_password_file(address: str, password: Secret, directory: Path | None =
     return path
 
 
-def policy_of(params) -> PasswordPolicy:
-    m = params.mail
-    return PasswordPolicy(m.password_scheme, m.sha512_rounds, m.bcrypt_cost)
-
-
 def hasher(session) -> Callable[[Secret], Secret]:
     """Hash passwords here with the parameters' cost, in the best scheme the server's
     dovecot knows (asked once)."""
-    from .passwords import choose_scheme, hash_password, parse_schemes
+    from .passwords import hash_password
     pol = policy_of(session.params)
-    scheme = choose_scheme(pol.scheme, parse_schemes(
-        session.host.run(["doveadm", "pw", "-l"], check=False).out))
+    scheme = scheme_for_host(session.host, pol)
 
     def hash_one(password: Secret) -> Secret:
         try:

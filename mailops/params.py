@@ -19,7 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 from .secrets import check_ref
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_FQDN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
+FQDN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
 _TZ = re.compile(r"^(UTC|[A-Z][A-Za-z_]+(/[A-Za-z0-9_+-]+){1,2})$")
 LAB_NETS = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24")]
 RELEASES = ("bookworm", "trixie")
@@ -35,7 +35,7 @@ class ParamsError(ValueError):
 
 
 def _fqdn(value: str) -> str:
-    if not isinstance(value, str) or not _FQDN.fullmatch(value):
+    if not isinstance(value, str) or not FQDN_RE.fullmatch(value):
         raise ValueError("must be a fully qualified domain name in lower case: labels of "
                          "a-z, 0-9 and '-' separated by dots, e.g. mx1.example.com")
     return value
@@ -67,12 +67,12 @@ def _secret_ref(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-_LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
+LOCAL_PART_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
 
 
 def _address(value: str) -> str:
     local, at, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
-    if not at or not _LOCAL.fullmatch(local) or ".." in local or not _FQDN.fullmatch(domain):
+    if not at or not LOCAL_PART_RE.fullmatch(local) or ".." in local or not FQDN_RE.fullmatch(domain):
         raise ValueError("must be a mail address local@domain in lower case; the local part "
                          "takes a-z, 0-9 and . _ + - only (no quotes, %, spaces or other "
                          "shell or SQL characters)")

@@ -153,11 +153,20 @@ class Mailbox(_DBResource):
                                             "quota_bytes": self.quota_bytes})
 
 
+def policy_of(params) -> PasswordPolicy:
+    m = params.mail
+    return PasswordPolicy(m.password_scheme, m.sha512_rounds, m.bcrypt_cost)
+
+
+def scheme_for_host(host, policy: PasswordPolicy) -> str:
+    """The policy's scheme, or the best the server's dovecot knows (``doveadm pw -l``)."""
+    return choose_scheme(policy.scheme, parse_schemes(
+        host.run(["doveadm", "pw", "-l"], check=False).out))
+
+
 def hash_for_host(host, password: Secret, policy: PasswordPolicy) -> str:
-    schemes = parse_schemes(host.run(["doveadm", "pw", "-l"], check=False).out)
-    scheme = choose_scheme(policy.scheme, schemes)
-    return hash_password(password, scheme, sha512_rounds=policy.sha512_rounds,
-                         bcrypt_cost=policy.bcrypt_cost)
+    return hash_password(password, scheme_for_host(host, policy),
+                         sha512_rounds=policy.sha512_rounds, bcrypt_cost=policy.bcrypt_cost)
 
 
 @dataclasses.dataclass(frozen=True)

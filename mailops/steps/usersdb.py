@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..resources import Directory, Packages, Resource
 from ..resources.maildb import (DB_GROUP, DB_PATH, CatchAll, MailAlias, Mailbox, MailDomain,
-                                PasswordPolicy, UsersDatabase)
+                                UsersDatabase, policy_of)
 
 # python3 runs the database helper; doveadm (dovecot-core) knows the hash schemes;
 # postfix owns the group the database is readable by
@@ -13,7 +13,7 @@ PACKAGES = ("python3", "sqlite3", "dovecot-core", "postfix", "postfix-sqlite")
 
 def declare(p, info) -> list[Resource]:
     m = p.mail
-    policy = PasswordPolicy(m.password_scheme, m.sha512_rounds, m.bcrypt_cost)
+    policy = policy_of(p)
     res: list[Resource] = [
         Packages(PACKAGES),
         Directory(DB_PATH.rsplit("/", 1)[0], mode="0750", owner="root", group=DB_GROUP),
