@@ -146,18 +146,26 @@ class Row:
         return {"table": self.table, "op": self.op, "key": self.key,
                 "before": self.before, "after": after}
 
+    @property
+    def name(self) -> str:
+        return ", ".join(str(v) for v in self.key.values())
+
+    def values(self, side: str) -> str:
+        """The row's columns before or after the change, as shown ("" where there are none;
+        a password hash is never shown)."""
+        if side == "after":
+            cols = self.after or {}
+        elif self.op == "update":      # the columns the update changes, as they were
+            cols = {k: ("(old hash)" if k == "password" else (self.before or {}).get(k, "?"))
+                    for k in self.after or {}}
+        else:
+            cols = self.before or {}
+        return " ".join(f"{k}={'(hash)' if isinstance(v, Secret) else v}" for k, v in cols.items())
+
     def diff_lines(self) -> list[str]:
-        key = ", ".join(str(v) for v in self.key.values())
-        show = lambda d: " ".join(f"{k}={'(hash)' if isinstance(v, Secret) else v}"  # noqa: E731
-                                  for k, v in d.items())
-        if self.op == "insert":
-            return [f"+ {self.table} {key}  {show(self.after or {})}".rstrip()]
-        if self.op == "delete":
-            return [f"- {self.table} {key}  {show(self.before or {})}".rstrip()]
-        old = {k: ("(old hash)" if k == "password" else (self.before or {}).get(k, "?"))
-               for k in self.after or {}}
-        return [f"- {self.table} {key}  {show(old)}",
-                f"+ {self.table} {key}  {show(self.after or {})}"]
+        minus = f"- {self.table} {self.name}  {self.values('before')}".rstrip()
+        plus = f"+ {self.table} {self.name}  {self.values('after')}".rstrip()
+        return {"insert": [plus], "delete": [minus]}.get(self.op, [minus, plus])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,13 +200,9 @@ class Plan:
         return "\n".join(lines)
 
     def table(self) -> list[dict]:
-        rows = []
-        for r in self.rows:
-            lines = r.diff_lines()
-            rows.append({"table": r.table, "change": r.op,
-                         "row": ", ".join(str(v) for v in r.key.values()),
-                         "before": lines[0][2:].split("  ", 1)[-1] if r.op != "insert" else "",
-                         "after": lines[-1][2:].split("  ", 1)[-1] if r.op != "delete" else ""})
+        rows = [{"table": r.table, "change": r.op, "row": r.name,
+                 "before": r.values("before") if r.op != "insert" else "",
+                 "after": r.values("after") if r.op != "delete" else ""} for r in self.rows]
         rows += [{"table": "(server)", "change": "then", "row": e.what, "before": "", "after": ""}
                  for e in self.effects]
         return rows
@@ -218,9 +222,12 @@ class Outcome:
     seconds: float
     messages: tuple[str, ...] = ()
 
+    @property
+    def head(self) -> str:
+        return "applied" if self.applied else "dry run: nothing written"
+
     def __str__(self) -> str:
-        head = "applied" if self.applied else "dry run: nothing written"
-        return "\n".join([str(self.plan), f"-> {head} ({self.seconds:.2f}s)",
+        return "\n".join([str(self.plan), f"-> {self.head} ({self.seconds:.2f}s)",
                           *[f"   {m}" for m in self.messages]])
 
     def record(self) -> dict:
@@ -236,10 +243,9 @@ class Outcome:
 
     def _repr_html_(self) -> str:
         from .tables import html_table
-        head = "applied" if self.applied else "dry run: nothing written"
         return self.plan._repr_html_() + html_table(
-            [{"result": m} for m in self.messages] or [{"result": head}],
-            title=f"{head} in {self.seconds:.2f}s")
+            [{"result": m} for m in self.messages] or [{"result": self.head}],
+            title=f"{self.head} in {self.seconds:.2f}s")
 
 
 def apply(host, plan: Plan, *, dry_run: bool = False) -> Outcome:
@@ -301,15 +307,15 @@ def _need_domain(state: State, field: str, domain: str) -> None:
                                  f"(add it first: mailops domain add {domain})")
 
 
-def _need_mailbox(state: State, field: str, address: str) -> dict:
+def need_mailbox(state: State, field: str, address: str) -> dict:
     found = state.mailboxes.get(address)
     if found is None:
         raise ManageError(field, f"no mailbox {address}")
     return found
 
 
-def plan_add_mailbox(state: State, address: str, hashed: Secret, quota_mb: int | None = None,
-                     *, note: str = "") -> Plan:
+def plan_add_mailbox(state: State, address: str, hashed: Secret,
+                     quota_mb: int | None = None) -> Plan:
     check_address("address", address)
     quota = 0 if quota_mb is None else check_quota("quota_mb", quota_mb) * 1048576
     _need_domain(state, "address", address.split("@")[1])
@@ -322,7 +328,7 @@ def plan_add_mailbox(state: State, address: str, hashed: Secret, quota_mb: int |
     row = Row("mailboxes", "insert", {"address": address},
               after={"domain": address.split("@")[1], "local_part": address.split("@")[0],
                      "password": hashed, "active": 1, "quota_bytes": quota})
-    return Plan(f"add mailbox {address}", (row,), notes=(note,) if note else ())
+    return Plan(f"add mailbox {address}", (row,))
 
 
 def plan_add_mailboxes(state: State, entries: list[tuple[str, Secret, int | None]]) -> Plan:
@@ -338,14 +344,14 @@ def plan_add_mailboxes(state: State, entries: list[tuple[str, Secret, int | None
 
 def plan_set_password(state: State, address: str, hashed: Secret) -> Plan:
     check_address("address", address)
-    _need_mailbox(state, "address", address)
+    need_mailbox(state, "address", address)
     row = Row("mailboxes", "update", {"address": address}, before={}, after={"password": hashed})
     return Plan(f"set the password of {address}", (row,), (_flush(address),))
 
 
 def plan_set_quota(state: State, address: str, quota_mb: int | str) -> Plan:
     check_address("address", address)
-    found = _need_mailbox(state, "address", address)
+    found = need_mailbox(state, "address", address)
     quota = 0 if quota_mb == "default" else check_quota("quota_mb", quota_mb) * 1048576
     if found["quota_bytes"] == quota:
         return Plan(f"set the quota of {address}")
@@ -356,7 +362,7 @@ def plan_set_quota(state: State, address: str, quota_mb: int | str) -> Plan:
 
 def plan_set_active(state: State, address: str, active: bool) -> Plan:
     check_address("address", address)
-    found = _need_mailbox(state, "address", address)
+    found = need_mailbox(state, "address", address)
     verb = "enable" if active else "disable"
     if found["active"] == active:
         return Plan(f"{verb} {address}")
@@ -372,7 +378,7 @@ def plan_remove_mailbox(state: State, address: str, *, cascade: bool = False,
                         purge: bool = False, backup_enabled: bool = False,
                         stamp: str | None = None) -> Plan:
     check_address("address", address)
-    found = _need_mailbox(state, "address", address)
+    found = need_mailbox(state, "address", address)
     if purge and not backup_enabled:
         raise ManageError("purge", "there is no backup repository to archive the mail in "
                                    "first; remove without --purge (the mail is moved aside)")
@@ -515,13 +521,12 @@ def plan_remove_domain(state: State, domain: str) -> Plan:
         listed = ", ".join((boxes + aliases)[:5]) + (" ..." if len(boxes) + len(aliases) > 5 else "")
         raise ManageError("domain", f"{domain} still has {len(boxes)} mailbox(es) and "
                                     f"{len(aliases)} alias(es) ({listed}); remove them first")
-    rows = [Row("domains", "delete", {"name": domain},
-                before={"active": int(state.domains[domain])})]
-    if domain in state.catchall:
-        rows.append(Row("catchall", "delete", {"domain": domain},
-                        before={"destination": state.catchall[domain]}))
     # the catch-all row refers to the domain: it goes first
-    return Plan(f"remove domain {domain}", tuple(reversed(rows)),
+    rows = [Row("catchall", "delete", {"domain": domain},
+                before={"destination": state.catchall[domain]})] if domain in state.catchall else []
+    rows.append(Row("domains", "delete", {"name": domain},
+                    before={"active": int(state.domains[domain])}))
+    return Plan(f"remove domain {domain}", tuple(rows),
                 notes=("its DKIM key stays on the server (remove it by hand once the DNS "
                        "record is gone)",))
 

@@ -20,7 +20,8 @@ import json
 import re
 
 from .facts import dovecot_series
-from .manage import Effect, ManageError, Plan, check_address, home_of, read_state
+from .manage import (Effect, ManageError, Plan, check_address, home_of, need_mailbox,
+                     read_state)
 from .remote import source
 
 VACATION = "vacation"
@@ -97,18 +98,13 @@ def _diff(old: str | None, new: str | None, name: str) -> str:
                                         f"{name} (planned)" if new is not None else "/dev/null"))
 
 
-def _user_exists(session, address: str) -> None:
-    if address not in read_state(session.host).mailboxes:
-        raise ManageError("address", f"no mailbox {address}")
-
-
 # -- the user's scripts -------------------------------------------------------------------
 def plan_put(session, address: str, name: str, text: str, *, activate: bool = False,
              replace: bool = False) -> Plan:
     check_address("address", address)
     check_name("name", name)
     check_script(text)
-    _user_exists(session, address)
+    need_mailbox(read_state(session.host), "address", address)
     old = _get(session.host, address, name)
     if old is not None and old == text:
         if not activate or any(s["name"] == name and s["active"]
@@ -299,8 +295,7 @@ def plan_vacation(session, address: str, start: dt.date | str, end: dt.date | st
     if not isinstance(body, str) or not body.strip():
         raise ManageError("body", "the reply's text is required")
     st = read_state(session.host)
-    if address not in st.mailboxes:
-        raise ManageError("address", f"no mailbox {address}")
+    need_mailbox(st, "address", address)
     text = vacation_script(start_d, end_d, subject, body, days, aliases_of(st, address))
     check_script(text)
     home = home_of(address)
