@@ -177,14 +177,11 @@ def _run(session, args) -> int:
             plan = users.plan_add_mailboxes(session, args.address, args.quota)
         else:
             source = args.password or ("prompt" if sys.stdin.isatty() else "generate")
-            password, _ = password_from(source)
-            plan = users.plan_add_mailbox(session, args.address[0], password, args.quota)
+            plan = users.plan_add_mailbox(session, args.address[0], password_from(source),
+                                          args.quota)
     elif what == "user" and action == "passwd":
-        if args.password == "generate":
-            from .manage import ManageError
-            raise ManageError("password", "passwd takes prompt, file:... or env:...")
-        password, _ = password_from(args.password)
-        plan = users.plan_set_password(session, args.address, password)
+        plan = users.plan_set_password(session, args.address,
+                                       password_from(args.password, generate=False))
     elif what == "user" and action == "quota":
         quota = args.quota if args.quota == "default" else _int("quota", args.quota)
         plan = users.plan_set_quota(session, args.address, quota)

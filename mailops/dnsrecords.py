@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .resources.rspamd import DKIM_DIR, dkim_record
+from .resources.rspamd import DkimKey, dkim_record
 
 MAX_STRING = 255
 
@@ -48,13 +48,28 @@ class DnsRecords:
                            for r in self.records], title="publish these DNS records")
 
 
+def dkim_record_of(session, domain: str) -> DnsRecord | None:
+    """A domain's DKIM TXT record, when rspamd signs and the domain's key exists."""
+    r = session.params.rspamd
+    if not r.enabled or not session.host.run(["test", "-f", DkimKey(domain, r.dkim_selector).path],
+                                             check=False).ok:
+        return None
+    return DnsRecord(f"{r.dkim_selector}._domainkey.{domain}", "TXT",
+                     dkim_record(session.host, domain, r.dkim_selector))
+
+
 def dkim_records(session) -> DnsRecords:
     """The DKIM TXT record of every mail domain whose key exists on the server."""
+    found = (dkim_record_of(session, d) for d in session.params.mail_domains)
+    return DnsRecords(tuple(r for r in found if r is not None))
+
+
+def domain_records(session, domain: str) -> DnsRecords:
+    """What to publish for a mail domain: MX, SPF, DMARC and (when its key exists) DKIM."""
     p = session.params
-    out = []
-    for domain in p.mail_domains if p.rspamd.enabled else []:
-        key = f"{DKIM_DIR}/{domain}.{p.rspamd.dkim_selector}.key"
-        if session.host.run(["test", "-f", key], check=False).ok:
-            out.append(DnsRecord(f"{p.rspamd.dkim_selector}._domainkey.{domain}", "TXT",
-                                 dkim_record(session.host, domain, p.rspamd.dkim_selector)))
-    return DnsRecords(tuple(out))
+    dkim = dkim_record_of(session, domain)
+    return DnsRecords((DnsRecord(domain, "MX", f"10 {p.hostname}."),
+                       DnsRecord(domain, "TXT", "v=spf1 mx -all"),
+                       DnsRecord(f"_dmarc.{domain}", "TXT",
+                                 f"v=DMARC1; p=quarantine; rua=mailto:{p.postmaster}"))
+                      + ((dkim,) if dkim else ()))

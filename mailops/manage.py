@@ -339,7 +339,8 @@ def plan_add_mailboxes(state: State, entries: list[tuple[str, Secret, int | None
             raise ManageError(f"addresses[{i}]", f"{address} given twice")
         seen.add(address)
         rows += plan_add_mailbox(state, address, hashed, quota_mb).rows
-    return Plan(f"add {len(rows)} mailbox(es)", tuple(rows))
+    return Plan(f"add mailbox {entries[0][0]}" if len(rows) == 1 else f"add {len(rows)} mailbox(es)",
+                tuple(rows))
 
 
 def plan_set_password(state: State, address: str, hashed: Secret) -> Plan:

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import manage
 from .layout import VHOSTS
 from .manage import Effect, ManageError, Outcome, Plan, State
-from .resources.rspamd import DKIM_DIR, DkimKey
+from .resources.rspamd import DkimKey
 from .secrets import Secret, SecretError, resolve
 
 LAST_LOGIN_PREFIX = "last-login/"
@@ -34,12 +34,15 @@ def apply(session, plan: Plan, dry_run: bool = False) -> Outcome:
 
 
 # -- passwords --------------------------------------------------------------------------
-def password_from(source: str, *, base: Path = Path.cwd()) -> tuple[Secret | None, bool]:
-    """An initial password: ``prompt`` (getpass, typed twice), ``generate``, or a
-    secret reference (``file:PATH[#key]``, ``env:NAME``).  Returns (password,
-    generated); the password is None for ``generate`` (made at planning)."""
+def password_from(source: str, *, generate: bool = True, base: Path | None = None
+                  ) -> Secret | None:
+    """A password: ``prompt`` (getpass, typed twice), ``generate`` (None: made at
+    planning; refused unless ``generate``), or a secret reference
+    (``file:PATH[#key]``, ``env:NAME``, relative to ``base``, default the working directory)."""
     if source == "generate":
-        return None, True
+        if not generate:
+            raise ManageError("password", "a password change takes prompt, file:... or env:...")
+        return None
     if source == "prompt":
         try:
             first = getpass.getpass("new password: ")
@@ -51,9 +54,9 @@ def password_from(source: str, *, base: Path = Path.cwd()) -> tuple[Secret | Non
             raise ManageError("password", "the two entries differ")
         if len(first) < 12:
             raise ManageError("password", "at least 12 characters")
-        return Secret(first), False
+        return Secret(first)
     try:
-        return resolve(source, base), False
+        return resolve(source, base or Path.cwd())
     except SecretError as exc:
         raise ManageError("password", str(exc)) from None
 
@@ -63,37 +66,39 @@ def plan_add_mailbox(session, address: str, password: Secret | None = None,
                      quota_mb: int | None = None) -> Plan:
     """Add a mailbox; without a password one is generated and, at apply, written to a
     0600 file under ~/.mailops/initial-passwords/ (its path is shown, never the password)."""
-    manage.check_address("address", address)
-    st = state(session)
-    generated = password is None
-    password = manage.generate_password() if generated else password
-    plan = manage.plan_add_mailbox(st, address, manage.hash_for(session, password), quota_mb)
-    if not generated:
-        return plan
-    keep = Effect(f"write the generated password to {manage.PASSWORD_DIR}/{address}.txt (0600)",
-                  lambda h: f"initial password of {address} in "
-                            f"{manage.write_password_file(address, password)}")
-    return Plan(plan.action, plan.rows, (keep,), plan.notes)
+    return _plan_add(session, [(address, password)], quota_mb)
 
 
 def plan_add_mailboxes(session, addresses: list[str], quota_mb: int | None = None) -> Plan:
     """Many mailboxes in one transaction, each with a generated password in its own file."""
-    for i, a in enumerate(addresses):
-        manage.check_address(f"addresses[{i}]", a)
+    return _plan_add(session, [(a, None) for a in addresses], quota_mb)
+
+
+def _plan_add(session, entries: list[tuple[str, Secret | None]], quota_mb: int | None) -> Plan:
+    for i, (a, _) in enumerate(entries):
+        manage.check_address("address" if len(entries) == 1 else f"addresses[{i}]", a)
     st = state(session)
-    passwords = {a: manage.generate_password() for a in addresses}
+    generated: dict[str, Secret] = {}
+    for a, given in entries:
+        if given is None:
+            generated[a] = manage.generate_password()
+    passwords = [given or generated[a] for a, given in entries]
     hash_one = manage.hasher(session)
     # the cost is deliberate (tens of ms each): spread over the cores (bcrypt frees the GIL)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        hashed = dict(zip(passwords, pool.map(hash_one, passwords.values())))
-    plan = manage.plan_add_mailboxes(st, [(a, hashed[a], quota_mb) for a in addresses])
+        hashed = list(pool.map(hash_one, passwords))
+    plan = manage.plan_add_mailboxes(st, [(a, h, quota_mb) for (a, _), h in zip(entries, hashed)])
+    if not generated:
+        return plan
 
     def keep(h):
-        for a, p in passwords.items():
-            manage.write_password_file(a, p)
-        return f"{len(passwords)} initial password file(s) in {manage.PASSWORD_DIR}"
-    return Plan(plan.action, plan.rows,
-                (Effect(f"write the generated passwords to {manage.PASSWORD_DIR}/ (0600)", keep),))
+        paths = [manage.write_password_file(a, p) for a, p in generated.items()]
+        if len(paths) == 1:
+            return f"initial password of {next(iter(generated))} in {paths[0]}"
+        return f"{len(paths)} initial password file(s) in {manage.PASSWORD_DIR}"
+    what = (f"password to {manage.PASSWORD_DIR}/{next(iter(generated))}.txt"
+            if len(generated) == 1 else f"passwords to {manage.PASSWORD_DIR}/")
+    return Plan(plan.action, plan.rows, (Effect(f"write the generated {what} (0600)", keep),))
 
 
 def plan_set_password(session, address: str, password: Secret) -> Plan:
@@ -170,18 +175,8 @@ def plan_remove_domain(session, domain: str) -> Plan:
 
 def dns_records(session, domain: str):
     """What to publish for a mail domain: MX, SPF, DMARC and (when its key exists) DKIM."""
-    from .dnsrecords import DnsRecord, DnsRecords
-    from .resources.rspamd import dkim_record
-    p = session.params
-    out = [DnsRecord(domain, "MX", f"10 {p.hostname}."),
-           DnsRecord(domain, "TXT", "v=spf1 mx -all"),
-           DnsRecord(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:{p.postmaster}")]
-    sel = p.rspamd.dkim_selector
-    if p.rspamd.enabled and session.host.run(["test", "-f", f"{DKIM_DIR}/{domain}.{sel}.key"],
-                                             check=False).ok:
-        out.append(DnsRecord(f"{sel}._domainkey.{domain}", "TXT",
-                             dkim_record(session.host, domain, sel)))
-    return DnsRecords(tuple(out))
+    from .dnsrecords import domain_records
+    return domain_records(session, domain)
 
 
 # -- one entry point for the notebook ------------------------------------------------------
@@ -197,12 +192,9 @@ def plan_for(session, action: str, *, address: str = "", destinations=(), domain
     if action == "list":
         return Plan("list (nothing to change)")
     if action == "add":
-        secret, _ = password_from(password)
-        return plan_add_mailbox(session, address, secret, quota_mb or None)
+        return plan_add_mailbox(session, address, password_from(password), quota_mb or None)
     if action == "passwd":
-        if password == "generate":
-            raise ManageError("password", "passwd takes prompt, file:... or env:...")
-        return plan_set_password(session, address, password_from(password)[0])
+        return plan_set_password(session, address, password_from(password, generate=False))
     if action == "quota":
         return plan_set_quota(session, address, quota_mb or "default")
     if action in ("disable", "enable"):
