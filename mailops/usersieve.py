@@ -60,14 +60,22 @@ def _helper(host, req: dict) -> dict:
     return json.loads(res.out)
 
 
+def _user_scripts(host, address: str) -> list[dict]:
+    out = host.run(["doveadm", "sieve", "list", "-u", address]).out
+    return [{"name": line.split()[0], "active": line.rstrip().endswith("ACTIVE"), "owner": "user"}
+            for line in out.splitlines() if line.strip()]
+
+
+def _vacation_text(host, address: str) -> str | None:
+    """The admin's vacation script of ``address`` (None when there is none)."""
+    return _helper(host, {"op": "get", "home": home_of(address), "name": VACATION})["text"] or None
+
+
 def scripts(session, address: str) -> list[dict]:
     """The user's scripts (name, active) and the admin's (vacation)."""
     check_address("address", address)
-    host = session.host
-    out = host.run(["doveadm", "sieve", "list", "-u", address]).out
-    rows = [{"name": line.split()[0], "active": line.rstrip().endswith("ACTIVE"), "owner": "user"}
-            for line in out.splitlines() if line.strip()]
-    if _helper(host, {"op": "get", "home": home_of(address), "name": VACATION})["text"]:
+    rows = _user_scripts(session.host, address)
+    if _vacation_text(session.host, address):
         rows.append({"name": VACATION, "active": True, "owner": "admin (runs first)"})
     return rows
 
@@ -77,7 +85,7 @@ def table(session, address: str):
     return pd.DataFrame(scripts(session, address), columns=["name", "active", "owner"])
 
 
-def show(session, address: str, name: str) -> str:
+def show(session, address: str, name: str) -> str | None:
     check_address("address", address)
     check_name("name", name)
     return _get(session.host, address, name)
@@ -108,7 +116,7 @@ def plan_put(session, address: str, name: str, text: str, *, activate: bool = Fa
     old = _get(session.host, address, name)
     if old is not None and old == text:
         if not activate or any(s["name"] == name and s["active"]
-                               for s in scripts(session, address)):
+                               for s in _user_scripts(session.host, address)):
             return Plan(f"sieve script {name} of {address}")
     if old is not None and old != text and not replace:
         raise ManageError("name", f"{address} has a script {name!r} with other content (perhaps "
@@ -125,8 +133,8 @@ def plan_put(session, address: str, name: str, text: str, *, activate: bool = Fa
 def plan_activate(session, address: str, name: str) -> Plan:
     check_address("address", address)
     check_name("name", name)
-    current = scripts(session, address)
-    if not any(s["name"] == name and s["owner"] == "user" for s in current):
+    current = _user_scripts(session.host, address)
+    if not any(s["name"] == name for s in current):
         raise ManageError("name", f"{address} has no script {name!r}")
     if any(s["name"] == name and s["active"] for s in current):
         return Plan(f"activate {name} of {address}")
@@ -137,7 +145,7 @@ def plan_activate(session, address: str, name: str) -> Plan:
 
 def plan_deactivate(session, address: str) -> Plan:
     check_address("address", address)
-    if not any(s["active"] and s["owner"] == "user" for s in scripts(session, address)):
+    if not any(s["active"] for s in _user_scripts(session.host, address)):
         return Plan(f"deactivate the sieve script of {address}")
     return Plan(f"deactivate the sieve script of {address}", (), (Effect(
         "no active script (all stay stored)",
@@ -150,7 +158,7 @@ def plan_delete(session, address: str, name: str) -> Plan:
     old = _get(session.host, address, name)
     if old is None:
         raise ManageError("name", f"{address} has no script {name!r}")
-    active = any(s["name"] == name and s["active"] for s in scripts(session, address))
+    active = any(s["name"] == name and s["active"] for s in _user_scripts(session.host, address))
     argv = ["doveadm", "sieve", "delete", "-u", address] + (["-a"] if active else []) + [name]
     return Plan(f"delete sieve script {name} of {address}", (), (Effect(
         f"delete {name}" + (" (the active script: no rules run afterwards)" if active else ""),
@@ -299,7 +307,7 @@ def plan_vacation(session, address: str, start: dt.date | str, end: dt.date | st
     text = vacation_script(start_d, end_d, subject, body, days, aliases_of(st, address))
     check_script(text)
     home = home_of(address)
-    old = _helper(session.host, {"op": "get", "home": home, "name": VACATION})["text"] or None
+    old = _vacation_text(session.host, address)
     if old == text:
         return Plan(f"vacation of {address}")
     eff = Effect(f"compile and install the vacation script in {home}/sieve-admin/",
@@ -312,7 +320,7 @@ def plan_vacation(session, address: str, start: dt.date | str, end: dt.date | st
 def plan_vacation_off(session, address: str) -> Plan:
     check_address("address", address)
     home = home_of(address)
-    old = _helper(session.host, {"op": "get", "home": home, "name": VACATION})["text"] or None
+    old = _vacation_text(session.host, address)
     if old is None:
         return Plan(f"vacation of {address} off")
     return Plan(f"vacation of {address} off", (), (Effect(
@@ -376,5 +384,5 @@ def script_from(script: str = "", rules=()) -> str:
 
 def active_text(session, address: str) -> str:
     """The text of the user's active script ("" when none is active)."""
-    active = [s["name"] for s in scripts(session, address) if s["active"] and s["owner"] == "user"]
+    active = [s["name"] for s in _user_scripts(session.host, address) if s["active"]]
     return (_get(session.host, address, active[0]) or "") if active else ""
