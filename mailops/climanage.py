@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .manage import ManageError
+
 COMMANDS = ("user", "alias", "catchall", "domain", "sieve")
 
 
@@ -114,7 +116,6 @@ def add_parsers(sub, default_params: Path) -> None:
 
 
 def run(args) -> int:
-    from .manage import ManageError
     from .secrets import SecretError
     from .session import open_session
     try:
@@ -158,7 +159,6 @@ def _run(session, args) -> int:
         if action == "show":
             text = usersieve.show(session, args.address, args.name)
             if text is None:
-                from .manage import ManageError
                 raise ManageError("name", f"{args.address} has no script {args.name!r}")
             print(text, end="")
             return 0
@@ -172,7 +172,6 @@ def _run(session, args) -> int:
     elif what == "user" and action == "add":
         if len(args.address) > 1:
             if args.password not in (None, "generate"):
-                from .manage import ManageError
                 raise ManageError("password", "several addresses take generated passwords only")
             plan = users.plan_add_mailboxes(session, args.address, args.quota)
         else:
@@ -223,7 +222,6 @@ def _sieve_plan(session, args, usersieve):
         return usersieve.plan_delete(session, args.address, args.name)
     if args.off:
         return usersieve.plan_vacation_off(session, args.address)
-    from .manage import ManageError
     for field in ("start", "end"):
         if not getattr(args, field):
             raise ManageError(field, "required (YYYY-MM-DD), or --off")
@@ -233,7 +231,6 @@ def _sieve_plan(session, args, usersieve):
 
 
 def _read(field: str, path: str) -> str:
-    from .manage import ManageError
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -241,7 +238,6 @@ def _read(field: str, path: str) -> str:
 
 
 def _int(field: str, value: str) -> int:
-    from .manage import ManageError
     try:
         return int(value)
     except ValueError:
