@@ -64,22 +64,24 @@ def _lab(args) -> int:
 
     params = load_params(args.params)
     spec = lab.LabSpec.from_params(params)
-    backup = lab.backup_spec(params)
+    peers = [(spec_, what) for spec_, what in ((lab.backup_spec(params), "backup host"),
+                                                (lab.old_imap_spec(params), "old IMAP server"))
+             if spec_ is not None]
     if args.action == "up":
         lab.up(spec)
         lab.prepare_backup_host(params)
+        lab.prepare_old_imap_host(params)
     elif args.action == "down":
         lab.down(spec, purge=args.purge)
-        if backup is not None:
-            lab.down(backup, purge=args.purge)
+        for peer, _ in peers:
+            lab.down(peer, purge=args.purge)
     elif args.action == "status":
-        st = lab.status(spec)
-        print(st)
-        if backup is not None:
-            bst = lab.status(backup)
-            print(f"{bst} (backup host)")
-            return 0 if st.up and bst.up else 3
-        return 0 if st.up else 3
+        states = [lab.status(spec)]
+        print(states[0])
+        for peer, what in peers:
+            states.append(lab.status(peer))
+            print(f"{states[-1]} ({what})")
+        return 0 if all(st.up for st in states) else 3
     elif args.action == "seed":
         return _seed(params)
     else:

@@ -1,4 +1,4 @@
-"""The management commands: ``mailops user|alias|catchall|domain|sieve ...``.
+"""The management commands: ``mailops user|alias|catchall|domain|sieve|migrate ...``.
 
 Each write command reads the server, prints its plan (the rows it inserts,
 updates or deletes, and the actions after), then applies it; ``--dry-run``
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .manage import ManageError
 
-COMMANDS = ("user", "alias", "catchall", "domain", "sieve")
+COMMANDS = ("user", "alias", "catchall", "domain", "sieve", "migrate")
 
 
 def add_parsers(sub, default_params: Path) -> None:
@@ -113,15 +113,61 @@ def add_parsers(sub, default_params: Path) -> None:
     p.add_argument("--body-file", help="the reply's text from a file")
     p.add_argument("--days", type=int, default=7, help="at most one reply per sender per DAYS")
     p.add_argument("--off", action="store_true", help="remove the vacation")
+    _migrate_parser(sub, default_params)
+
+
+def _migrate_parser(sub, default_params: Path) -> None:
+    p = sub.add_parser("migrate", help="pull mailboxes from an old IMAP server (dovecot's dsync "
+                                       "over imapc): folders, flags and UIDs kept, then verified")
+    p.add_argument("--params", default=str(default_params))
+    p.add_argument("--only", action="append", default=[], metavar="LOGIN|ADDRESS",
+                   help="only these mailboxes of the parameters' migration section")
+    p.add_argument("--from", dest="source", metavar="URL",
+                   help="imaps://host[:port] or imap://host[:port] (STARTTLS): one mailbox "
+                        "given by --login, --password and --to instead of the parameters'")
+    p.add_argument("--login", help="the user name on the old server")
+    p.add_argument("--password", metavar="SOURCE", default="prompt",
+                   help="prompt (default) | file:PATH[#key] | env:NAME")
+    p.add_argument("--to", metavar="ADDRESS", help="the mailbox here (it must exist)")
+    p.add_argument("--ca-file", help="trust this CA for the old server (default: the "
+                                     "mail server's system CAs)")
+    p.add_argument("--mode", choices=("sync", "backup"),
+                   help="sync (default): never deletes here; backup: an exact copy")
+    p.add_argument("--dry-run", action="store_true",
+                   help="test the connection and login, show the folders; copy nothing")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the per-message comparison after the copy")
+    p.add_argument("--json", action="store_true", help="print the run record as JSON")
+
+
+def _migrate(session, args) -> int:
+    import json
+    from . import migrate
+    src, mode, jobs = migrate.jobs_for(session.params, only=args.only, source=args.source or "",
+                                       login=args.login or "", password=args.password,
+                                       to=args.to or "", ca_file=args.ca_file or "",
+                                       mode=args.mode or "")
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    try:
+        result = migrate.migrate(session, src, jobs, mode, dry_run=args.dry_run,
+                                 verify_copy=not args.no_verify, progress=log)
+    except migrate.MigrationError as exc:
+        print(f"error: {exc}\nwhat was copied stays; a re-run continues from there",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(result.record(), indent=2, ensure_ascii=False) if args.json else result)
+    return 0 if result.ok else 1
 
 
 def run(args) -> int:
     from .secrets import SecretError
     from .session import open_session
+    from .host import ConnectError
     try:
         with open_session(args.params) as session:
             return _run(session, args)
-    except (ManageError, SecretError) as exc:
+    except (ManageError, SecretError, ConnectError) as exc:
+        # a host key that is not the known one is refused before anything is sent
         print(f"error: {exc}\nnothing was written", file=sys.stderr)
         return 2
 
@@ -129,6 +175,8 @@ def run(args) -> int:
 def _run(session, args) -> int:
     from . import users
     from .users import password_from
+    if args.cmd == "migrate":
+        return _migrate(session, args)
     what, action = args.cmd, args.action
     if (what, action) == ("user", "list"):
         df = users.mailboxes(session, args.domain)

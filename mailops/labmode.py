@@ -91,7 +91,7 @@ SEED_HEADER = "X-Mailops-Seed"
 SEED_FOLDERS = ("INBOX", "Archive", "Lists/debian-user", "Sent")
 
 
-def seed_messages(user: str, n: int):
+def seed_messages(user: str, n: int, folders: tuple[str, ...] = SEED_FOLDERS):
     """A deterministic corpus for ``user``: (folder, flags, message bytes), in
     several folders, with flags and, every fifth message, an attachment."""
     import random
@@ -116,7 +116,20 @@ def seed_messages(user: str, n: int):
             msg.set_boundary(f"mailops-seed-{i}")      # the same bytes every run
         flags = " ".join(f for f, every in ((r"\Seen", 2), (r"\Flagged", 7), (r"\Answered", 11))
                          if i % every == 0)
-        yield SEED_FOLDERS[i % len(SEED_FOLDERS)], flags, msg.as_bytes()
+        yield folders[i % len(folders)], flags, msg.as_bytes()
+
+
+# the old IMAP server's folders: nested ones and non-ASCII names ('/' here; the old
+# server's own separator is maildir++'s '.')
+OLD_SERVER_FOLDERS = ("INBOX", "Sent", "Archive/2023", "Archive/2024", "Entwürfe",
+                      "Projekte/Größe", "INBOX", "Archive/2024")
+
+
+def old_server_messages(login: str, n: int):
+    """The old IMAP server's corpus for ``login``, as :func:`seed_messages`; the last
+    message repeats the first byte for byte (real mailboxes hold duplicates)."""
+    msgs = list(seed_messages(login, n - 1 if n > 1 else n, OLD_SERVER_FOLDERS))
+    return msgs + msgs[:1] if n > 1 else msgs
 
 
 def seed_mail(params, per_mailbox: int = 120) -> dict[str, int]:

@@ -99,6 +99,12 @@ class LabBackupHost(Model):
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.12")
 
 
+class LabOldImapHost(Model):
+    """A lab host acting as the old IMAP server a mailbox is migrated from."""
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab5"
+    address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.15")
+
+
 class Lab(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab1"
     release: Literal["bookworm", "trixie"] = "bookworm"
@@ -109,18 +115,26 @@ class Lab(Model):
     state_dir: Path = Path("../.lab")
     # a second lab host that serves the borg repository (`mailops lab up` builds it too)
     backup_host: LabBackupHost | None = None
+    # a lab host with plain Debian dovecot (maildir) and a seeded mailbox: the old
+    # server `mailops migrate` is tried against (`mailops lab up` builds it too)
+    old_imap_host: LabOldImapHost | None = None
 
     @model_validator(mode="after")
     def _documentation_range(self):
         if not any(self.address in n for n in LAB_NETS) or int(self.address) & 0xFF in (0, 1, 255):
             raise ValueError(f"lab address {self.address} must be a host in 198.51.100.0/24 or "
                              "203.0.113.0/24 other than .0, .1 and .255")
-        b = self.backup_host
-        if b is not None and (b.address == self.address or b.name == self.name
-                              or not any(b.address in n and self.address in n for n in LAB_NETS)
-                              or int(b.address) & 0xFF in (0, 1, 255)):
-            raise ValueError(f"lab backup_host {b.name} {b.address} must be another host of the "
-                             f"lab's /24, with another name")
+        peers = [(f, h) for f, h in (("backup_host", self.backup_host),
+                                      ("old_imap_host", self.old_imap_host)) if h is not None]
+        for field, b in peers:
+            if (b.address == self.address or b.name == self.name
+                    or not any(b.address in n and self.address in n for n in LAB_NETS)
+                    or int(b.address) & 0xFF in (0, 1, 255)):
+                raise ValueError(f"lab {field} {b.name} {b.address} must be another host of the "
+                                 f"lab's /24, with another name")
+        if len(peers) == 2 and (peers[0][1].name == peers[1][1].name
+                                or peers[0][1].address == peers[1][1].address):
+            raise ValueError("lab backup_host and old_imap_host must be two hosts")
         return self
 
 
@@ -289,6 +303,39 @@ class Backup(Model):
         return self
 
 
+def _source_url(value: str) -> str:
+    m = re.fullmatch(r"(imaps?)://([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::(\d{1,5}))?/?", value)
+    if not m or not 1 <= int(m[3] or 993) <= 65535:
+        raise ValueError("must be imaps://host[:port] (TLS from the start, port 993) or "
+                         "imap://host[:port] (STARTTLS, port 143); plain text is never used")
+    return value
+
+
+def _imap_login(value: str) -> str:
+    if not 1 <= len(value) <= 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must be 1-255 characters without control characters")
+    return value
+
+
+class MigrationMailbox(Model):
+    login: Annotated[str, AfterValidator(_imap_login)] = Field(
+        description="the user name on the old server")
+    password: SecretRef = Field(description="file:PATH[#key] or env:NAME (never a literal)")
+    to: Address = Field(description="the mailbox here (it must exist: mailops user add)")
+
+
+class Migration(Model):
+    """`mailops migrate`: mailboxes pulled from an old IMAP server with dovecot's dsync."""
+    source: Annotated[str, AfterValidator(_source_url)] = Field(
+        description="imaps://host[:port] or imap://host[:port] (STARTTLS)")
+    ca_file: Path | None = Field(None, description="trust this CA for the old server's "
+                                 "certificate (default: the mail server's system CAs)")
+    mode: Literal["sync", "backup"] = Field("sync", description="sync: copy and update, never "
+                                            "delete here; backup: an exact copy (deletes here "
+                                            "what the old server does not have)")
+    mailboxes: list[MigrationMailbox] = Field(default_factory=list)
+
+
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
     ssh: SSH | None = None
@@ -311,6 +358,7 @@ class Params(Model):
     fail2ban: Fail2ban = Fail2ban()
     backup: Backup = Backup()
     lab: Lab | None = None
+    migration: Migration | None = None
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")
 

@@ -105,6 +105,12 @@ def _issue(kind: str, ca_key, ca_cert, hostname: str, sans):
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
+            # key identifiers, as public CAs issue them (strict verifiers, e.g. Python 3.13's
+            # default context, refuse a certificate without the authority's)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
             .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
                 [x509.UniformResourceIdentifier(crl_url(hostname))], None, None, None)]),
                 critical=False)

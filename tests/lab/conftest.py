@@ -13,6 +13,7 @@ from mailops.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_PARAMS = ROOT / "parameters" / "lab.yaml"
+TRIXIE = ROOT / "parameters" / "lab-trixie.yaml"
 
 
 def pytest_collection_modifyitems(items):
@@ -87,3 +88,27 @@ def take_outbound(host, token: str, wait: float = 10) -> bytes:
     kept = host.read_file(found[0])
     host.run(["rm", "-f", found[0]])
     return kept
+
+
+@pytest.fixture(scope="module")
+def trixie_lab(lab_up):
+    """The Debian 13 lab host, provisioned; taken down after this module (test_99 expects
+    only the Debian 12 labs, and their apt proxy is shared)."""
+    p = load_params(TRIXIE)
+    spec = lab.LabSpec.from_params(p)
+    lab.up(spec)
+    lab.prepare_backup_host(p)
+    res = provision_json("--params", str(TRIXIE), "--apply")
+    assert res["ok"], res
+    yield TRIXIE, p
+    lab.down(spec)
+
+
+@pytest.fixture(params=["bookworm", pytest.param("trixie", marks=pytest.mark.slow)])
+def any_lab(request, lab_up):
+    """The Debian 12 lab (provisioned), or the Debian 13 one."""
+    if request.param == "trixie":
+        return request.getfixturevalue("trixie_lab")
+    res = provision_json("--params", str(LAB_PARAMS), "--apply")
+    assert res["ok"], res
+    return LAB_PARAMS, load_params(LAB_PARAMS)

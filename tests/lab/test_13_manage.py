@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import imaplib
 import json
-import os
 import smtplib
 import stat
 import time
@@ -17,14 +16,12 @@ from unittest import mock
 
 import pytest
 
-from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
-from mailops import lab, manage, users, usersieve
+from conftest import LAB_PARAMS, ROOT, mailops_cli
+from mailops import manage, users, usersieve
 from mailops.checks.clients import message, target_from
-from mailops.params import load_params
 from mailops.secrets import Secret
 from mailops.session import Session
 
-TRIXIE = ROOT / "parameters" / "lab-trixie.yaml"
 
 
 def cli(*args, params=LAB_PARAMS, check=True, env=None):
@@ -33,30 +30,6 @@ def cli(*args, params=LAB_PARAMS, check=True, env=None):
 
 def tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-def trixie_lab(lab_up):
-    """The Debian 13 lab host, provisioned; taken down after this module (test_99 expects
-    only the Debian 12 labs, and their apt proxy is shared)."""
-    p = load_params(TRIXIE)
-    spec = lab.LabSpec.from_params(p)
-    lab.up(spec)
-    lab.prepare_backup_host(p)
-    res = provision_json("--params", str(TRIXIE), "--apply")
-    assert res["ok"], res
-    yield TRIXIE, p
-    lab.down(spec)
-
-
-@pytest.fixture(params=["bookworm", pytest.param("trixie", marks=pytest.mark.slow)])
-def any_lab(request, lab_up):
-    """The Debian 12 lab (provisioned), or the Debian 13 one."""
-    if request.param == "trixie":
-        return request.getfixturevalue("trixie_lab")
-    res = provision_json("--params", str(LAB_PARAMS), "--apply")
-    assert res["ok"], res
-    return LAB_PARAMS, load_params(LAB_PARAMS)
 
 
 def login(t, user, password) -> bool:

@@ -16,10 +16,13 @@ def test_no_packet_left_the_lab_during_the_run(lab_up):
 def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up
-    backup = lab.backup_spec(lab_params)
-    backup_pid = json.loads(backup.state_file.read_text())["ns"]["pid"]
-    lab.down(backup)                  # the borg repository host first: the bridge is shared
-    assert lab._start_time(backup_pid) is None and lab.status(backup).state == "down"
+    for peer in (lab.backup_spec(lab_params), lab.old_imap_spec(lab_params)):
+        # the borg repository host and the old IMAP server first: the bridge is shared
+        if lab.status(peer).state == "down":
+            continue
+        peer_pid = json.loads(peer.state_file.read_text())["ns"]["pid"]
+        lab.down(peer)
+        assert lab._start_time(peer_pid) is None and lab.status(peer).state == "down"
     state = json.loads(lab_up.state_file.read_text())
     proxy = json.loads((lab.RUN_DIR / f"apt-proxy-{lab_up.bridge}.json").read_text())
     local = LocalHost()

@@ -12,7 +12,7 @@ from mailops.steps import STEPS
 # notebooks that are not provisioning steps: they read, and change only on request
 OPERATIONS = ["provisioning/85-restore-drill.ipynb"]
 # management notebooks: plan one change from their parameters, dry_run on by default
-MANAGEMENT = ["management/users.ipynb", "management/sieve.ipynb"]
+MANAGEMENT = ["management/users.ipynb", "management/sieve.ipynb", "management/migrate.ipynb"]
 ALL = [f"provisioning/{s.notebook}" for s in STEPS] + OPERATIONS + MANAGEMENT
 KINDS = {"provisioning", "management", "analysis"}
 
