@@ -43,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="restore this mailbox for real (deleted or empty: as archived; "
                          "else beside its mail in Restored/<archive>)")
 
+    logs = sub.add_parser("logs", help="postfix log figures").add_subparsers(
+        dest="action", required=True)
+    ls = logs.add_parser("summary", help="pflogsumm's figures (Debian 1.1.5's definitions) for "
+                                         "any postfix log: plain or .gz, syslog or RFC 3339")
+    ls.add_argument("files", nargs="+", metavar="FILE")
+    ls.add_argument("--day", help="only this day, YYYY-MM-DD")
+    ls.add_argument("--json", action="store_true", help="every figure as one JSON object")
+
     from . import climanage
     climanage.add_parsers(sub, DEFAULT_PARAMS)
 
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in climanage.COMMANDS:
             return climanage.run(args)
-        return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill}[args.cmd](args)
+        return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill,
+                "logs": _logs}[args.cmd](args)
     except ParamsError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -99,6 +108,24 @@ def _seed(params) -> int:
         with Session(params) as s:            # a backup that holds the corpus
             s.host.run([PATHS.run], timeout=900)
         print("backed up")
+    return 0
+
+
+def _logs(args) -> int:
+    import datetime as dt
+    import json
+    from . import pflog
+    try:
+        day = dt.date.fromisoformat(args.day) if args.day else None
+    except ValueError:
+        print(f"error: day: {args.day!r} is not a date YYYY-MM-DD", file=sys.stderr)
+        return 2
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        print(f"error: files: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    s = pflog.summarize(args.files, day=day)
+    print(json.dumps(s.to_dict(), indent=2) if args.json else pflog.text(s), end="")
     return 0
 
 
