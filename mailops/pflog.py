@@ -148,6 +148,7 @@ class Summary:
         self._rcvd: dict[str, str] = {}
         self._sizes: dict[str, int] = {}
         self._deferred: set[str] = set()
+        self._dates: dict[tuple[str, str], tuple] = {}     # (month, day) -> year, day, key, wanted
 
     # -- one line -----------------------------------------------------------------------
     def _date_ok(self, y, mon, d) -> bool:
@@ -159,13 +160,20 @@ class Summary:
             line = _ID_STUFF.sub(": ", line, count=1)
         m = _SYSLOG.match(line)
         if m:
-            mon = MONTHS.get(m.group(1))
-            if mon is None:
+            mon_s, day_s, hour_s, _, _, rest = m.groups()
+            when = self._dates.get((mon_s, day_s))
+            if when is None:
+                mon = MONTHS.get(mon_s)
+                if mon is None:
+                    return
+                year = self.this_year - 1 if mon > self.this_month else self.this_year
+                when = self._dates[(mon_s, day_s)] = (
+                    year, int(day_s), f"{year:04d}-{mon + 1:02d}-{int(day_s):02d}",
+                    self._date_ok(None, mon, int(day_s)))
+            year, day, key, ok = when
+            if not ok:
                 return
-            day, hour, rest = int(m.group(2)), int(m.group(3)), m.group(6)
-            year = self.this_year - 1 if mon > self.this_month else self.this_year
-            if not self._date_ok(None, mon, day):
-                return
+            hour = int(hour_s)
         else:
             m = _RFC3339.match(line)
             if not m:
@@ -174,15 +182,15 @@ class Summary:
             hour, rest = int(m.group(4)), m.group(7)
             if not self._date_ok(year, mon, day):
                 return
+            key = f"{year:04d}-{mon + 1:02d}-{day:02d}"
         c = _CMD.match(rest) or _CMD2.match(rest)
         if not c:
             return
-        cmd, qid = c.group(1), c.group(2)
+        cmd, qid = c.groups()
         rest = rest.rstrip("\n")
         if day != self._last_day:
             self._last_day = day
             self.day_count += 1
-        key = f"{year:04d}-{mon + 1:02d}-{day:02d}"
         n, pd, ph = self.n, self.per_day[key], self.per_hour[hour]
 
         if cmd == "cleanup":
