@@ -1,0 +1,62 @@
+"""Postfix log figures: `mailops logs summary` vs Debian's pflogsumm, side by side in
+one run, on the same file (a synthetic log of --lines lines from tests/pflog_corpus.py,
+or FILE), with each one's peak RSS; the grand totals must be equal.
+
+    .venv/bin/python bench/pflog.py [--lines 1000000] [FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+
+
+def timed(argv: list[str]) -> tuple[float, str, int]:
+    """Seconds, stdout and the child's peak RSS in KiB (this child alone: run one at a time)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - t0
+    return seconds, proc.stdout, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("file", nargs="?")
+    args = ap.parse_args()
+    import pflog_corpus
+    from test_pflog import parse_pflogsumm, ours
+    from mailops import pflog
+    with tempfile.TemporaryDirectory() as d:
+        log = Path(args.file) if args.file else Path(d) / "postfix.log"
+        if not args.file:
+            n = pflog_corpus.write(log, args.lines // 4, "maillog", seed=11, days=28)
+        else:
+            n = sum(1 for _ in open(log, "rb"))
+        # ours first: RUSAGE_CHILDREN's peak is over every child so far
+        ours_s, _, rss = timed([sys.executable, "-m", "mailops.cli", "logs", "summary",
+                                "--json", str(log)])
+        theirs_s, theirs_out, _ = timed(["pflogsumm", "--iso-date-time", str(log)])
+        same = ours(pflog.summarize([log]))["totals"] == parse_pflogsumm(theirs_out)["totals"]
+    if not same:
+        raise SystemExit("the grand totals differ from pflogsumm's")
+    out = {"lines": n, "pflogsumm_s": round(theirs_s, 2), "mailops_s": round(ours_s, 2),
+           "speedup": round(theirs_s / ours_s, 2), "mailops_lines_per_s": round(n / ours_s),
+           "pflogsumm_lines_per_s": round(n / theirs_s), "mailops_peak_rss_mib": round(rss / 1024),
+           "grand_totals_equal": same}
+    print(json.dumps(out, indent=2))
+    (ROOT / "bench" / "results" / "pflog.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
