@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from mailops import lab, manage, migrate, users  # noqa: E402
 from mailops.checks.clients import IMAPS  # noqa: E402
 from mailops.params import load_params  # noqa: E402
+from mailops.remote.migrate import _folders  # noqa: E402
 from mailops.secrets import Secret  # noqa: E402
 from mailops.session import Session  # noqa: E402
 
@@ -62,12 +63,8 @@ def append_copy(params, old_pw: str, address: str, password: Secret) -> int:
     src.login(LOGIN, old_pw)
     dst.login(address, password.reveal())
     n = 0
-    for line in src.list()[1]:
-        mt = re.match(rb'\(([^)]*)\) "(.)" (.*)$', line)
-        if b"\\Noselect" in mt.group(1) or b"\\NonExistent" in mt.group(1):
-            continue
-        name = mt.group(3).decode().strip('"')
-        target = name.replace(mt.group(2).decode(), "/")
+    for name, sep, _ in _folders(src):          # the selectable folders, as the helper lists them
+        target = "/".join(name.split(sep))
         dst.create(f'"{target}"')
         src.select(f'"{name}"', readonly=True)
         _, data = src.uid("SEARCH", None, "ALL")

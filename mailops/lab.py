@@ -418,12 +418,18 @@ def ssh_public_key(private_openssh: str, comment: str = "") -> str:
 
 # -- the backup host: a second lab host serving a borg repository over SSH ------
 
-def backup_spec(params) -> LabSpec | None:
-    b = params.lab.backup_host if params.lab else None
-    if b is None:
+def _peer_spec(params, field: str, **spec) -> LabSpec | None:
+    """Another lab host named in ``lab.<field>``: the lab's spec with its name and address
+    (sshd as first process), and ``spec``'s other changes."""
+    peer = getattr(params.lab, field) if params.lab else None
+    if peer is None:
         return None
-    return dataclasses.replace(LabSpec.from_params(params), name=b.name, address=b.address,
-                               secret_keys=(), init="sshd")     # the same host for every lab
+    return dataclasses.replace(LabSpec.from_params(params), name=peer.name,
+                               address=peer.address, init="sshd", **spec)
+
+
+def backup_spec(params) -> LabSpec | None:
+    return _peer_spec(params, "backup_host", secret_keys=())   # the same host for every lab
 
 
 # borg in the backup host, and an account that can only run `borg serve` in its repository
@@ -467,12 +473,9 @@ OLD_IMAP_MAILBOXES = {"old@old.test": 300}   # login -> messages seeded
 
 
 def old_imap_spec(params) -> LabSpec | None:
-    o = params.lab.old_imap_host if params.lab else None
-    if o is None:
-        return None
     # an old server: always Debian 12's dovecot 2.3, whatever the mail server runs
-    return dataclasses.replace(LabSpec.from_params(params), name=o.name, address=o.address,
-                               release="bookworm", secret_keys=(OLD_IMAP_SECRET,), init="sshd")
+    return _peer_spec(params, "old_imap_host", release="bookworm",
+                      secret_keys=(OLD_IMAP_SECRET,))
 
 
 # Debian's dovecot as a small provider would run it: maildir under one system user,

@@ -19,19 +19,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 from typing import Callable
 
 from .facts import dovecot_series
 from .manage import ManageError, check_address, home_of, need_mailbox
+from .params import IMAP_SOURCE_RE, imap_login_ok
 from .remote import source as helper_source
 from .secrets import Secret, SecretError, resolve
 
 PORTS = {"imaps": 993, "starttls": 143}
 MODES = ("sync", "backup")
-_URL = re.compile(r"(imaps?)://([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::(\d{1,5}))?/?")
 
 
 class MigrationError(RuntimeError):
@@ -49,7 +48,7 @@ class Source:
 
     @classmethod
     def parse(cls, url: str, ca_file: str | Path | None = None) -> "Source":
-        m = _URL.fullmatch(url or "")
+        m = IMAP_SOURCE_RE.fullmatch(url or "")
         if not m:
             raise ManageError("source", f"{url!r}: imaps://host[:port] (TLS from the start) or "
                                         "imap://host[:port] (STARTTLS); plain text is never used")
@@ -85,8 +84,7 @@ class Job:
 
 
 def check_login(value: str) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 255 or any(
-            ord(c) < 32 or ord(c) == 127 for c in value):
+    if not imap_login_ok(value):
         raise ManageError("login", "1-255 characters without control characters")
     return value
 
@@ -191,7 +189,6 @@ class MigrationPlan:
     source: Source
     mode: str
     mailboxes: list[MailboxPlan]
-    seconds: float = 0.0
 
     @property
     def action(self) -> str:
@@ -207,11 +204,6 @@ class MigrationPlan:
                       for r in mp.rows()]
         return "\n".join(lines)
 
-    def frame(self):
-        from .tables import frame
-        return frame([r for mp in self.mailboxes for r in mp.rows()],
-                     ["mailbox", "folder", "there", "here now"])
-
     def _repr_html_(self) -> str:
         from .tables import html_table
         return html_table([r for mp in self.mailboxes for r in mp.rows()],
@@ -223,7 +215,6 @@ class MigrationPlan:
 def plan(session, src: Source, jobs: list[Job], mode: str = "sync") -> MigrationPlan:
     """Test every mailbox's connection and login from the mail server and read both
     sides; raises :class:`ManageError` (nothing copied) on the first that fails."""
-    start = time.monotonic()
     if mode not in MODES:
         raise ManageError("mode", f"{mode!r}: sync or backup")
     if not jobs:
@@ -244,7 +235,7 @@ def plan(session, src: Source, jobs: list[Job], mode: str = "sync") -> Migration
             raise ManageError(field, r["message"])
         out.append(MailboxPlan(j, [{"name": f["name"], "there": f["messages"]}
                                    for f in r["folders"]], local_folders(session, j.to)))
-    return MigrationPlan(src, mode, out, time.monotonic() - start)
+    return MigrationPlan(src, mode, out)
 
 
 # -- the copy ------------------------------------------------------------------------------
@@ -270,8 +261,8 @@ def _sync(session, src: Source, j: Job, mode: str, folder: str | None = None) ->
 
 
 def _new(before: dict, after: dict) -> int:
-    """Messages saved by a run: UIDs at or above the old UIDNEXT (a new UIDVALIDITY:
-    everything there now)."""
+    """Messages saved by a run: the growth in count when UIDNEXT moved (a new
+    UIDVALIDITY: everything there now)."""
     if not before or before.get("uidvalidity") != after.get("uidvalidity"):
         return after.get("messages", 0)
     return max(0, after["messages"] - before["messages"]) if after["uidnext"] > before["uidnext"] \
@@ -288,14 +279,6 @@ class Verification:
     @property
     def ok(self) -> bool:
         return all(f["ok"] for f in self.folders)
-
-    def frame(self):
-        from .tables import frame
-        return frame(self.folders, VERIFY_COLUMNS)
-
-    def message_frame(self):
-        from .tables import frame
-        return frame(self.messages, MESSAGE_COLUMNS)
 
 
 VERIFY_COLUMNS = ["folder", "there", "here", "matched", "missing here", "duplicate here",
@@ -445,8 +428,8 @@ def run(session, plan_: MigrationPlan, *, dry_run: bool = False, verify_copy: bo
         progress: Callable[[str], None] = print) -> MigrationResult:
     """Copy folder by folder (a progress line each; dsync's state per folder makes a
     re-run incremental), in backup mode one more pass over the whole mailbox (folders
-    the old server no longer has), then verify.  A failure raises :class:`MigrationError`; what was copied stays, and a
-    re-run continues from there."""
+    the old server no longer has), then verify.  A failure raises
+    :class:`MigrationError`; what was copied stays, and a re-run continues from there."""
     start = time.monotonic()
     if dry_run:
         return MigrationResult(plan_, [], True, time.monotonic() - start)

@@ -303,8 +303,18 @@ class Backup(Model):
         return self
 
 
+# an old IMAP server: imaps:// (TLS from the start) or imap:// (STARTTLS), host, port
+IMAP_SOURCE_RE = re.compile(r"(imaps?)://([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::(\d{1,5}))?/?")
+
+
+def imap_login_ok(value) -> bool:
+    """A user name for an IMAP login: 1-255 characters, no control characters."""
+    return isinstance(value, str) and 1 <= len(value) <= 255 and not any(
+        ord(c) < 32 or ord(c) == 127 for c in value)
+
+
 def _source_url(value: str) -> str:
-    m = re.fullmatch(r"(imaps?)://([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::(\d{1,5}))?/?", value)
+    m = IMAP_SOURCE_RE.fullmatch(value)
     if not m or not 1 <= int(m[3] or 993) <= 65535:
         raise ValueError("must be imaps://host[:port] (TLS from the start, port 993) or "
                          "imap://host[:port] (STARTTLS, port 143); plain text is never used")
@@ -312,7 +322,7 @@ def _source_url(value: str) -> str:
 
 
 def _imap_login(value: str) -> str:
-    if not 1 <= len(value) <= 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if not imap_login_ok(value):
         raise ValueError("must be 1-255 characters without control characters")
     return value
 

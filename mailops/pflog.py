@@ -51,21 +51,21 @@ _TO = re.compile(r"to=<([^>]*)>, (?:orig_to=<[^>]*>, )?relay=([^,]+), (?:conn_us
 _PICKUP = re.compile(r": (sender|uid)=")
 _REJ_PARTS = re.compile(r"^.* \b(?:reject(?:_warning)?|hold|discard): (\S+) from (\S+?): (.*)$")
 _SASL = re.compile(r"\[([0-9a-fA-F.:]+)\]: SASL \S+ authentication failed")
+# reasons pflogsumm rewrites (the first is counted by client, the others by domain)
+_REJ_SPECIAL = [(re.compile(r"^.*?\d{3} (Improper use of SMTP command pipelining);.*$"), r"\1"),
+                (re.compile(r"^.*?\d{3} (Message size exceeds fixed limit);.*$"), r"\1"),
+                (re.compile(r"^.*?\d{3} (Server configuration (?:error|problem));.*$"),
+                 r"(Local) \1")]
 
 
 def _trim(text: str, n: int) -> str:
     return text[:n - 3] + "..." if len(text) > n else text
 
 
-def said_trim(text: str, n: int) -> str:
-    while len(text) > n:
-        if re.match(r"^.* said: ", text):
-            text = re.sub(r"^.* said: ", "", text, count=1)
-        elif re.match(r"^.*: *", text):
-            text = re.sub(r"^.*?: *", "", text, count=1)
-        else:
-            return text[:n - 3] + "..."
-    return text
+def _lower_domain(addr: str) -> str:
+    """pflogsumm's ``s/(@.+)/\\L$1/``: everything from the first '@' in lower case."""
+    at = addr.find("@")
+    return addr if at < 0 else addr[:at] + addr[at:].lower()
 
 
 def gimme_domain(text: str) -> str:
@@ -104,22 +104,16 @@ def reject_reason(line: str) -> tuple[str, str, str]:
     frm = re.search(r"from=<([^>]+)>", rest)
     frm = frm.group(1) if frm else "<>"
     if reas.startswith("Sender address rejected:"):
-        data = frm
-    elif re.match(r"^(Recipient address rejected:|User unknown( |$))", reas):
-        data = to
-    elif re.match(r"^.*?\d{3} (Improper use of SMTP command pipelining);.*$", reas):
-        reas = re.sub(r"^.*?\d{3} (Improper use of SMTP command pipelining);.*$", r"\1", reas)
-        data = re.match(r"^.+? from (\S+?):.*$", line).group(1)
-    elif re.match(r"^.*?\d{3} (Message size exceeds fixed limit);.*$", reas):
-        reas = re.sub(r"^.*?\d{3} (Message size exceeds fixed limit);.*$", r"\1", reas)
-        data = gimme_domain(client)
-    elif re.match(r"^.*?\d{3} (Server configuration (?:error|problem));.*$", reas):
-        reas = re.sub(r"^.*?\d{3} (Server configuration (?:error|problem));.*$", r"(Local) \1",
-                      reas)
-        data = gimme_domain(client)
-    else:
-        data = gimme_domain(client)
-    return typ, reas, data
+        return typ, reas, frm
+    if re.match(r"^(Recipient address rejected:|User unknown( |$))", reas):
+        return typ, reas, to
+    for pattern, replacement in _REJ_SPECIAL:
+        reas, hit = pattern.subn(replacement, reas, count=1)
+        if hit:
+            if pattern is _REJ_SPECIAL[0][0]:          # pipelining: counted by the client
+                return typ, reas, re.match(r"^.+? from (\S+?):.*$", line).group(1)
+            break
+    return typ, reas, gimme_domain(client)
 
 
 @dataclasses.dataclass
@@ -219,10 +213,7 @@ class Summary:
         if cmd in ("smtpd", "postscreen"):
             r = _CLIENT.search(rest)
             if r:
-                ph[0] += 1
-                pd[0] += 1
-                n["received"] += 1
-                self._rcvd[qid] = gimme_domain(r.group(1))
+                self._received(qid, gimme_domain(r.group(1)), ph, pd)
                 return
             r = _SMTPD_REJ.search(rest)
             if r:
@@ -233,8 +224,7 @@ class Summary:
             if self._sizes.get(qid):
                 return
             addr, size = r.group(1), int(r.group(2))
-            addr = re.sub(r"(@.+)", lambda g: g.group(1).lower(), addr, count=1) if addr \
-                else "from=<>"
+            addr = _lower_domain(addr) if addr else "from=<>"
             self._sizes[qid] = size
             whence = self._rcvd.pop(qid, None)
             if whence:
@@ -247,7 +237,7 @@ class Summary:
         r = _TO.search(rest)
         if r:
             addr, relay, delay, status, tail = r.groups()
-            addr = re.sub(r"(@.+)", lambda g: g.group(1).lower(), addr, count=1)
+            addr = _lower_domain(addr)
             dom = re.sub(r"^[^@]+@", "", addr, count=1)
             delay_f = _num(delay)
             if status == "sent":
@@ -283,10 +273,14 @@ class Summary:
                 n["bounced"] += 1
             return
         if cmd == "pickup" and _PICKUP.search(rest):
-            ph[0] += 1
-            pd[0] += 1
-            n["received"] += 1
-            self._rcvd[qid] = "pickup"
+            self._received(qid, "pickup", ph, pd)
+
+    def _received(self, qid: str, whence: str, ph, pd) -> None:
+        """A message received, from a client's host/domain or ``pickup``."""
+        ph[0] += 1
+        pd[0] += 1
+        self.n["received"] += 1
+        self._rcvd[qid] = whence
 
     @staticmethod
     def _add(table: dict, key: str, size: int) -> None:

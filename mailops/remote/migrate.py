@@ -2,8 +2,8 @@
 
 Runs as `python3 -c <this file> migrate <op>` with one JSON request on stdin and
 prints one JSON reply.  The old server's password arrives on stdin only: for
-doveadm it goes into a 0600 file in a 0700 directory under /run that the dovecot
-configuration reads (`imapc_password = <file`), removed when the op ends; it is
+doveadm it goes into a 0600 file in a private directory under /run (0711: the mail
+user passes through to the CA file, cannot list) that the dovecot configuration reads (`imapc_password = <file`), removed when the op ends; it is
 never in argv, the environment or a reply.
 
 Ops (every request has ``source`` {host, port, tls, ca_pem}, ``login``, ``password``):
@@ -157,11 +157,11 @@ def probe(req):
         return {"ok": False, "kind": exc.kind, "message": exc.message}
     try:
         folders = []
-        for raw, sep, name in _folders(m):
+        for raw, _sep, name in _folders(m):
             typ, data = m.status(_quote(raw), "(MESSAGES)")
             count = int(re.search(rb"MESSAGES (\d+)", data[0]).group(1)) if typ == "OK" else 0
             folders.append({"name": name, "messages": count})
-        return {"ok": True, "folders": folders, "separator": sep if folders else "/"}
+        return {"ok": True, "folders": folders}
     except ProbeError as exc:
         return {"ok": False, "kind": exc.kind, "message": exc.message}
     finally:
@@ -336,7 +336,7 @@ def sync(req):
             os.replace(tmp, state_file)
         after = local(req)
         return {"ok": after["ok"], "rc": 0, "message": after.get("message", ""),
-                "after": after.get("folders", {}), "incremental": bool(state)}
+                "after": after.get("folders", {})}
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -29,7 +29,7 @@ class OldServerHost(FakeHost):
     def __init__(self):
         super().__init__()
         self.migrate_calls: list[tuple[list[str], dict]] = []
-        self.probe = {"ok": True, "separator": ".", "folders": [
+        self.probe = {"ok": True, "folders": [
             {"name": "INBOX", "messages": 2}, {"name": "Archive/2023", "messages": 1}]}
         self.here: dict = {}
         self.new = OLD
