@@ -329,7 +329,8 @@ def verify(session, src: Source, j: Job, mode: str = "sync") -> Verification:
     """Every message's SHA-256 and flags on the old server (read only) and here."""
     r = _helper(session, "digest", _request(src, j), j.password)
     if not r["ok"]:
-        raise ManageError("password" if r["kind"] == "login" else "source", r["message"])
+        # after the copy: not a bad input with nothing written, a run that did not finish
+        raise MigrationError(f"verifying {j.to} against {j.login} failed: {r['message']}")
     return compare(r["old"], r["new"], mode)
 
 

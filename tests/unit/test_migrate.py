@@ -206,6 +206,21 @@ def test_a_missing_message_or_other_flags_fail_the_verification(s):
         res.raise_for_status()
 
 
+def test_a_verification_that_cannot_log_in_is_a_failed_run_not_a_bad_input(s):
+    """The copy is done by then: the CLI must not say "nothing was written"."""
+    real = s.host._cmd_migrate
+
+    def refuse_digest(a, stdin):
+        if a[-1] == "digest":
+            return 0, json.dumps({"ok": False, "kind": "login", "message": "refused"}).encode(), b""
+        return real(a, stdin)
+    s.host._cmd_migrate = refuse_digest
+    with pytest.raises(migrate.MigrationError, match="verifying hostmaster@example.com against "
+                                                     "old@old.test failed: refused"):
+        migrate.migrate(s, SRC, jobs(), dry_run=False, progress=lambda line: None)
+    assert [a[-1] for a, _ in s.host.migrate_calls][-2:] == ["sync", "sync"]
+
+
 def test_compare_pairs_duplicates_and_judges_by_mode():
     old = [["INBOX", 1, "", "d" * 64], ["INBOX", 2, "", "d" * 64]]
     v = migrate.compare(old, old[:1])
