@@ -51,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--day", help="only this day, YYYY-MM-DD")
     ls.add_argument("--json", action="store_true", help="every figure as one JSON object")
 
-    from . import climanage
+    from . import climanage, cliinsight
     climanage.add_parsers(sub, DEFAULT_PARAMS)
+    cliinsight.add_parsers(sub, DEFAULT_PARAMS)
 
     args = ap.parse_args(argv)
     from .params import ParamsError
     try:
         if args.cmd in climanage.COMMANDS:
             return climanage.run(args)
+        if args.cmd in cliinsight.COMMANDS:
+            return cliinsight.run(args)
         return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill,
                 "logs": _logs}[args.cmd](args)
     except ParamsError as exc:

@@ -64,12 +64,15 @@ def dkim_records(session) -> DnsRecords:
     return DnsRecords(tuple(r for r in found if r is not None))
 
 
+def dmarc_value(p) -> str:
+    return f"v=DMARC1; p=quarantine; rua=mailto:{p.postmaster}"
+
+
 def domain_records(session, domain: str) -> DnsRecords:
     """What to publish for a mail domain: MX, SPF, DMARC and (when its key exists) DKIM."""
     p = session.params
     dkim = dkim_record_of(session, domain)
     return DnsRecords((DnsRecord(domain, "MX", f"10 {p.hostname}."),
                        DnsRecord(domain, "TXT", "v=spf1 mx -all"),
-                       DnsRecord(f"_dmarc.{domain}", "TXT",
-                                 f"v=DMARC1; p=quarantine; rua=mailto:{p.postmaster}"))
+                       DnsRecord(f"_dmarc.{domain}", "TXT", dmarc_value(p)))
                       + ((dkim,) if dkim else ()))

@@ -63,6 +63,10 @@ def dns(p) -> tuple[list[str], list[str]]:
         records += [f"{gw_name}. 300 IN A {gw}", f"{gw.reverse_pointer}. 300 IN PTR {gw_name}."]
         records += [f'{name}. 300 IN TXT "v=spf1 ip4:{net} -all"'
                     for name in [p.hostname, *p.mail_domains]]
+        # DMARC as the operator publishes it (DKIM keys exist only after 60-rspamd:
+        # `mailops status` shows those records to publish)
+        from .dnsrecords import dmarc_value
+        records += [f'_dmarc.{d}. 300 IN TXT "{dmarc_value(p)}"' for d in p.mail_domains]
     records += p.resolver.extra_records
     return zones, records
 
@@ -83,7 +87,9 @@ def overlay(step: str, p, info) -> list[Resource]:
             File("/etc/rspamd/local.d/multimap.conf",
                  render("etc/rspamd/local.d/multimap.conf.j2"), notify=("rspamd",)),
             File("/etc/rspamd/local.d/mailops-lab-add-header.map",
-                 "/mailops-lab-add-header/i\n", notify=("rspamd",))]
+                 "/mailops-lab-add-header/i\n", notify=("rspamd",)),
+            File("/etc/rspamd/local.d/mailops-lab-greylist.map",
+                 "/mailops-lab-greylist/i\n", notify=("rspamd",))]
     return []
 
 

@@ -334,6 +334,19 @@ class MigrationMailbox(Model):
     to: Address = Field(description="the mailbox here (it must exist: mailops user add)")
 
 
+class Insight(Model):
+    """`mailops collect`, the analysis notebooks and `mailops report`."""
+    store: str = Field("../store", description="the local parquet store (all hosts), "
+                       "relative to this file")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = Field(
+        None, description="this host's name in the store and reports (default: the short hostname)")
+    collect_every_min: Annotated[int, Field(ge=1, le=1440)] = 5    # `mailops schedule install`
+    report_to: Address | None = Field(None, description="mail each report here, through the "
+                                      "server's own submission port")
+    report_from: Address | None = Field(None, description="the mailbox that sends the reports "
+                                        "(default: the first mailbox)")
+
+
 class Migration(Model):
     """`mailops migrate`: mailboxes pulled from an old IMAP server with dovecot's dsync."""
     source: Annotated[str, AfterValidator(_source_url)] = Field(
@@ -369,6 +382,7 @@ class Params(Model):
     backup: Backup = Backup()
     lab: Lab | None = None
     migration: Migration | None = None
+    insight: Insight = Insight()
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")
 
