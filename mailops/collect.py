@@ -158,7 +158,9 @@ def _history_frames(rows: list[dict], tz: ZoneInfo):
     for recs_ in (recs, syms):
         f = pd.DataFrame(recs_)
         if len(f):
-            f["time"] = pd.to_datetime(f["time"], unit="s", utc=True)
+            # microseconds, as the store keeps them: the dedupe compares with stored rows
+            f["time"] = pd.to_datetime(f["time"], unit="s", utc=True).dt.round("us") \
+                .dt.as_unit("us")
             f["day"] = f["time"].dt.tz_convert(tz).dt.strftime("%Y-%m-%d")
         frames.append(f)
     return frames
@@ -178,7 +180,7 @@ def _dedupe_history(store: Store, host: str, frame):
     if not old:
         return frame
     seen = pd.concat(old)
-    keys = set(zip(seen["time"], seen["message_id"]))
+    keys = set(zip(seen["time"].dt.as_unit("us"), seen["message_id"]))
     mask = [k not in keys for k in zip(frame["time"], frame["message_id"])]
     return frame[mask]
 

@@ -86,9 +86,10 @@ def _hosts(hosts) -> str:
 
 
 def _q(store: Store, sql: str, hosts, p: Period, table: str):
+    in_hosts = _hosts(hosts)                 # refuses a name that is not one, before anything
     if not store.has(table, [hosts] if isinstance(hosts, str) else list(hosts)):
         return None
-    return store.query(sql.replace("$WHERE", f"host IN {_hosts(hosts)} AND {p.where()}")
+    return store.query(sql.replace("$WHERE", f"host IN {in_hosts} AND {p.where()}")
                        .replace("$TZ", p.tz))
 
 

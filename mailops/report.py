@@ -26,11 +26,11 @@ from pathlib import Path
 from .insight import PERIODS, period_for
 from .runner import PROJECT, REPORTS
 
-NOTEBOOKS = PROJECT / "notebooks" / "insight"
+NOTEBOOKS = PROJECT / "notebooks" / "analysis"
 PAGES = ("status", "rspamd", "rejects", "fail2ban")
 _CDN_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>\s*", re.I)
-_CDN_BLOCK = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?https?://cdn[^<]*</script>\s*",
-                        re.I | re.S)
+_CDN_BLOCK = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?https?://cdn(?:(?!</script>).)*"
+                        r"</script>\s*", re.I | re.S)
 
 
 class ReportError(RuntimeError):

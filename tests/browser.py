@@ -22,11 +22,8 @@ class PageReport:
 
 
 def available() -> bool:
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        return False
-    return Path(CHROMIUM).exists()
+    import importlib.util
+    return importlib.util.find_spec("playwright") is not None and Path(CHROMIUM).exists()
 
 
 def open_report(path: Path, screenshot: Path | None = None) -> PageReport:

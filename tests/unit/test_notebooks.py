@@ -13,7 +13,10 @@ from mailops.steps import STEPS
 OPERATIONS = ["provisioning/85-restore-drill.ipynb"]
 # management notebooks: plan one change from their parameters, dry_run on by default
 MANAGEMENT = ["management/users.ipynb", "management/sieve.ipynb", "management/migrate.ipynb"]
-ALL = [f"provisioning/{s.notebook}" for s in STEPS] + OPERATIONS + MANAGEMENT
+# analysis notebooks: read the store (and the server, for status); they change nothing
+ANALYSIS = ["analysis/rspamd.ipynb", "analysis/rejects.ipynb", "analysis/fail2ban.ipynb"]
+STATUS = ["analysis/status.ipynb"]
+ALL = [f"provisioning/{s.notebook}" for s in STEPS] + OPERATIONS + MANAGEMENT + ANALYSIS + STATUS
 KINDS = {"provisioning", "management", "analysis"}
 
 
@@ -55,7 +58,15 @@ def test_parameters_cell(root, name):
     for node in tree.body:
         assert isinstance(node, ast.AnnAssign), f"untyped parameter in {name}: {ast.unparse(node)}"
         names[node.target.id] = ast.literal_eval(node.value)
-    if name in OPERATIONS:
+    if name in ANALYSIS:
+        assert "dry_run" not in names and set(names) >= {"params_file", "hosts", "period",
+                                                          "date", "collect"}
+        assert names["collect"] is False and names["period"] == "daily"
+    elif name in STATUS:
+        assert "dry_run" not in names and set(names) >= {"params_file", "fail_on_error",
+                                                          "record_file"}
+        assert names["fail_on_error"] is True
+    elif name in OPERATIONS:
         assert "dry_run" not in names and set(names) >= {"params_file", "record_file"}
     else:
         assert names["dry_run"] is True
@@ -75,5 +86,8 @@ def test_notebooks_stay_thin(root, name):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
             assert all(m.split(".")[0] in ("mailops", "pandas") for m in mods), f"{name} imports {mods}"
-    last = [c for c in nb["cells"] if c["cell_type"] == "code"][-1]
-    assert "mailops.finish(" in "".join(last["source"])
+    last = "".join([c for c in nb["cells"] if c["cell_type"] == "code"][-1]["source"])
+    if name in ANALYSIS + STATUS:
+        assert ".raise_for_status()" in last, name
+    else:
+        assert "mailops.finish(" in last
