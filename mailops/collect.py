@@ -186,10 +186,15 @@ def _dedupe_history(store: Store, host: str, frame):
 
 
 # -- the run --------------------------------------------------------------------------
-def request(params, state: dict, logs: dict[str, str] | None = None) -> dict:
+def request(params, state: dict, logs: dict[str, str] | None = None,
+            logs_only: bool = False) -> dict:
+    """What to ask the helper; ``logs_only`` for the further round trips of a first
+    collection over large logs (the rest was read by the first)."""
     req = {"logs": [{"name": n, "path": p} for n, p in (logs or LOGS).items()],
-           "cursors": state.get("cursors", {}), "max_bytes": MAX_BYTES, "queue": True,
-           "backup_state": BACKUP.state if params.backup.enabled else None}
+           "cursors": state.get("cursors", {}), "max_bytes": MAX_BYTES, "queue": not logs_only,
+           "backup_state": BACKUP.state if params.backup.enabled and not logs_only else None}
+    if logs_only:
+        return req
     if params.rspamd.enabled:
         h = state.get("history", {})
         req["history"] = {"key": h.get("key"), "newest": h.get("newest"),
@@ -221,7 +226,7 @@ def collect(session, store: Store | None = None, *, log=None,
     with store.writer(host):
         state = store.state(host)
         while True:
-            reply = _helper(session, request(params, state, logs))
+            reply = _helper(session, request(params, state, logs, logs_only=trips > 0))
             trips += 1
             _absorb(store, host, tz, state, reply, added, warnings, first=trips == 1)
             state["last_collect"] = reply["time"]
@@ -256,7 +261,11 @@ def _absorb(store, host, tz, state, reply, added, warnings, first: bool) -> None
             cursors.setdefault(name, {})[ch["fingerprint"]] = {
                 "offset": ch["end"], "final": ch["final"], "inode": ch["inode"],
                 "path": ch["path"], "seen": reply["time"]}
-        # forget files gone from the server for a month
+        # a file still on the server keeps its cursor (a final .gz is never read again);
+        # forget files gone from it for a month
+        for fp in reply.get("present", {}).get(name, []):
+            if fp in cursors.get(name, {}):
+                cursors[name][fp]["seen"] = reply["time"]
         for fp, cur in list(cursors.get(name, {}).items()):
             if reply["time"] - cur.get("seen", reply["time"]) > 31 * 86400 and cur.get("final"):
                 del cursors[name][fp]

@@ -66,9 +66,12 @@ def listening(ss_out: str) -> set[tuple[str, int]]:
 
 def _ports(facts, p) -> str:
     have = listening(facts["ports"])
+    loopback = {"127.0.0.1", "::1"}
+
     def up(addr, port):
-        wild = {"0.0.0.0", "*", "::"}
-        return any(pt == port and (a == addr or a in wild or addr in wild and a) for a, pt in have)
+        # a public port must listen beyond loopback; a loopback one anywhere that covers it
+        return any(pt == port and (a not in loopback if addr == "0.0.0.0" else
+                                   a in (addr, "0.0.0.0", "*", "::")) for a, pt in have)
     missing = [f"{a}:{n}" for a, n in expected_ports(p) if not up(a, n)]
     require(not missing, f"not listening: {', '.join(missing)}")
     return f"listening: {', '.join(str(n) for _, n in expected_ports(p))}"

@@ -55,7 +55,7 @@ def read_logs(spec, cursors, budget):
     files = [p for p in glob.glob(glob.escape(base) + "*")
              if p == base or p[len(base):].startswith(".")]
     files.sort(key=lambda p: _rotation_order(p, base))
-    out, more = [], False
+    out, more, present = [], False, []
     for path in files:
         try:
             st = os.stat(path)
@@ -65,6 +65,7 @@ def read_logs(spec, cursors, budget):
             continue
         if fp is None:
             continue
+        present.append(fp)
         cur = cursors.get(fp, {"offset": 0})
         if cur.get("final"):
             continue
@@ -100,7 +101,7 @@ def read_logs(spec, cursors, budget):
                     "data": base64.b64encode(zlib.compress(data, 1)).decode()})
         if more:
             break
-    return out, more, budget
+    return out, more, budget, present
 
 
 class Redis:
@@ -243,12 +244,14 @@ def main():
     req = json.load(sys.stdin)
     now = time.time()
     budget = req.get("max_bytes", 64 << 20)
-    logs, more = {}, False
+    logs, present, more = {}, {}, False
     for spec in req.get("logs", []):
-        chunks, m, budget = read_logs(spec, req.get("cursors", {}).get(spec["name"], {}), budget)
+        chunks, m, budget, fps = read_logs(spec, req.get("cursors", {}).get(spec["name"], {}),
+                                           budget)
         logs[spec["name"]] = chunks
+        present[spec["name"]] = fps
         more = more or m
-    out = {"time": now, "logs": logs, "more": more}
+    out = {"time": now, "logs": logs, "present": present, "more": more}
     if req.get("history") is not None:
         try:
             out["history"] = read_history(req["history"])

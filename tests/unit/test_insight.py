@@ -48,8 +48,8 @@ def env(tmp_path, monkeypatch):
 
 
 def _no_queue(request):
-    def wrapped(params, state, logs=None):
-        return {**request(params, state, logs), "queue": False}
+    def wrapped(params, state, logs=None, logs_only=False):
+        return {**request(params, state, logs, logs_only), "queue": False}
     return wrapped
 
 
@@ -102,6 +102,21 @@ def test_collect_twice_adds_nothing_and_rotation_loses_nothing(env):
     assert got == [mk(i) for i in range(130)], got[-5:]
     cursors = store.state("mx1")["cursors"]["postfix"]
     assert any(c["final"] and c["path"].endswith(".gz") for c in cursors.values())
+    # months later, the .gz still there: its cursor is kept, nothing is read twice
+    state = store.state("mx1")
+    for c in state["cursors"]["postfix"].values():
+        c["seen"] -= 90 * 86400
+    store.save_state("mx1", state)
+    assert run(params, store, logs).added == {}
+    assert len(stored_lines(store)) == 130
+    # a rotated file deleted for good: its cursor goes after a month
+    os.unlink(logs / "postfix.log.2.gz")
+    state = store.state("mx1")
+    for c in state["cursors"]["postfix"].values():
+        c["seen"] -= 90 * 86400
+    store.save_state("mx1", state)
+    run(params, store, logs)
+    assert len(store.state("mx1")["cursors"]["postfix"]) == 2
 
 
 def test_a_partial_line_waits_for_its_end(env):
@@ -304,6 +319,9 @@ def test_status_parsers_and_checks():
                          (lambda: status._rspamd_log(facts), "50 of the last 60")]:
         with pytest.raises(CheckFailed, match=evidence.replace(".", r"\.")):
             fn()
+    loop_only = {"ports": "LISTEN 0 100 127.0.0.1:25 0.0.0.0:*\n"}
+    with pytest.raises(CheckFailed, match="0.0.0.0:25"):
+        status._ports(loop_only, p)             # a public port on loopback only is down
     ok = status.dnsbl(FakeResolver({}), addr)
     assert len(ok) == 3 and not any(x["listed"] for x in ok)
     listed = status.dnsbl(FakeResolver({("10.113.0.203.zen.spamhaus.org", "A"): ["127.0.0.2"]}),
