@@ -27,7 +27,9 @@ from .store import Store
 LOGS = {"postfix": "/var/log/postfix.log", "dovecot": "/var/log/dovecot.log",
         # every scan is one `rspamd_task_write_log` line there, GTUBE rejects included,
         # which rspamd's history leaves out (refused before the filters ran)
-        "rspamd_log": "/var/log/rspamd/rspamd.log"}
+        "rspamd_log": "/var/log/rspamd/rspamd.log",
+        # a host that logs mail through syslog instead (postfix's lines are read from it)
+        "mail": "/var/log/mail.log"}
 F2B_DB = "/var/lib/fail2ban/fail2ban.sqlite3"
 MAX_BYTES = 64 << 20             # per round trip; a first run over months of logs takes several
 
@@ -236,7 +238,7 @@ def collect(session, store: Store | None = None, *, log=None,
             if log:
                 log(f"collect {host}: more to read ({sum(added.values())} rows so far)")
         today = dt.datetime.fromtimestamp(state["last_collect"], tz).strftime("%Y-%m-%d")
-        for table in ("postfix", "dovecot", "rspamd_log", "rspamd", "rspamd_symbols",
+        for table in ("postfix", "dovecot", "rspamd_log", "mail", "rspamd", "rspamd_symbols",
                       "fail2ban", "stat", "queue", "backup"):
             store.compact(table, host, before=today)
     return CollectResult(host, added, warnings, trips, time.monotonic() - t0)

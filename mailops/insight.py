@@ -128,11 +128,17 @@ def log_lines(store: Store, hosts, p: Period, table: str = "postfix",
         con.close()
 
 
+def postfix_table(store: Store, hosts) -> str:
+    """postfix's own log where the host writes one, else syslog's ``mail.log``."""
+    hs = [hosts] if isinstance(hosts, str) else list(hosts)
+    return "postfix" if store.has("postfix", hs) or not store.has("mail", hs) else "mail"
+
+
 def postfix_summary(store: Store, hosts, p: Period) -> pflog.Summary:
     """pflogsumm's figures (Debian 1.1.5's definitions) over the period."""
     s = pflog.Summary(this_year=p.end.year, this_month=p.end.month - 1)
     feed = s.feed
-    for line in log_lines(store, hosts, p):
+    for line in log_lines(store, hosts, p, postfix_table(store, hosts)):
         feed(line)
     return s
 
@@ -166,10 +172,11 @@ def refusals(store: Store, hosts, p: Period):
     sender/helo policy / size/protocol / other policy), client address and /24."""
     import pandas as pd
     hs = [hosts] if isinstance(hosts, str) else list(hosts)
-    if not store.has("postfix", hs):
+    table = postfix_table(store, hs)
+    if not store.has(table, hs):
         return _empty(["time", "kind", "code", "client", "network"])
     frame = store.query(
-        f"SELECT time, line FROM {{postfix}} WHERE host IN {_hosts(hs)} AND {p.where()} AND "
+        f"SELECT time, line FROM {{{table}}} WHERE host IN {_hosts(hs)} AND {p.where()} AND "
         "(line LIKE '%reject: %') ORDER BY host, seq")
     rows = []
     for t, line in zip(frame["time"], frame["line"]):

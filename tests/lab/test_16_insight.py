@@ -242,3 +242,41 @@ def test_daily_report_opens_offline_with_every_chart(params, tmp_path):
             assert page.images and all(i["complete"] and i["w"] > 0 for i in page.images), name
     top = browser.open_report(tmp_path / "index.html")
     assert "daily" in top.text and not top.errors
+
+
+def test_report_is_mailed_through_the_servers_submission(params, tmp_path):
+    """insight.report_to: the pages arrive as attachments in the mailbox, sent as the
+    first mailbox through 587 (no password in any output)."""
+    import yaml
+    from conftest import LAB_PARAMS
+    data = yaml.safe_load(Path(LAB_PARAMS).read_text())
+    data["insight"] = {"report_to": "bob@example.test"}
+    # beside lab.yaml, so its relative paths resolve the same way
+    pf = Path(LAB_PARAMS).parent / f".test-report-{uuid.uuid4().hex[:8]}.yaml"
+    pf.write_text(yaml.safe_dump(data))
+    try:
+        r = report.run(pf, "daily", "today", collect=False, reports=tmp_path,
+                       pages=("rspamd",), log=lambda m: None)
+    finally:
+        pf.unlink()
+    assert r.mailed_to == "bob@example.test" and r.ok, r
+    t = verify.target_from(params)
+    subject = f"mailops daily report {r.label} for mx1"
+    deadline = time.monotonic() + 20
+    with t.imap("bob@example.test") as m:
+        while True:
+            m.select("INBOX")
+            _, found = m.search(None, "SUBJECT", f'"{subject}"')
+            if found[0].split() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        uid = found[0].split()[-1]
+        _, got = m.fetch(uid, "(RFC822)")
+        m.store(uid, "+FLAGS", "\\Deleted")
+        m.expunge()
+    import email
+    msg = email.message_from_bytes(got[0][1])
+    names = [part.get_filename() for part in msg.iter_attachments()]
+    assert names == ["index.html", "rspamd.html"], names
+    password = t.passwords["alice@lab.test"].reveal()
+    assert password not in str(r) and password.encode() not in got[0][1]

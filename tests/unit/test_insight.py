@@ -169,6 +169,21 @@ def test_postfix_figures_from_the_store_equal_pflogsumm_on_the_file(env):
     assert one["grand_totals"] == pflog.summarize([log], day=day).to_dict()["grand_totals"]
 
 
+def test_a_syslog_mail_log_gives_the_same_figures(env):
+    params, logs, store, _ = env
+    log = logs / "mail.log"
+    corpus.write(log, 800, "syslog", seed=12, days=3)
+    with open(log, "a") as f:
+        f.write(f"{corpus.stamp(dt.datetime.combine(corpus.first_day(), dt.time(1)), 'syslog')} "
+                "mx1 dovecot: imap-login: Login: user=<u@x>\n")
+    with Session(params) as s:
+        mc.collect(s, store, logs={"mail": str(log)})
+    start = corpus.first_day()
+    p = mi.Period(start, start + dt.timedelta(days=4), params.timezone)
+    assert mi.postfix_table(store, "mx1") == "mail"
+    assert mi.postfix_summary(store, "mx1", p).to_dict() == pflog.summarize([log]).to_dict()
+
+
 def _reply(rows, *, wrapped=False, newest="n1", t=None):
     import zstandard
     c = zstandard.ZstdCompressor()

@@ -16,7 +16,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pflog_corpus as corpus  # noqa: E402
-from mailops import pflog  # noqa: E402
+from mailops import pflog, pflogfast  # noqa: E402
+
+# the reference (line by line) and the vectorised engine the CLI uses: both must be exact
+ENGINES = pytest.mark.parametrize("engine", [pflog.summarize, pflogfast.summarize],
+                                  ids=["stream", "polars"])
 
 PFLOGSUMM = shutil.which("pflogsumm") or "/usr/sbin/pflogsumm"
 needs_pflogsumm = pytest.mark.skipif(not Path(PFLOGSUMM).exists(),
@@ -102,7 +106,7 @@ def parse_pflogsumm(out: str) -> dict:
     return r
 
 
-def ours(s: pflog.Summary) -> dict:
+def ours(s) -> dict:
     d = s.to_dict()
     g = d["grand_totals"]
     totals = {k: units(v) for k, v in g.items() if not k.endswith("_pct")}
@@ -139,15 +143,17 @@ def assert_same(mine: dict, theirs: dict, traffic: bool = True) -> None:
 
 
 @needs_pflogsumm
+@ENGINES
 @pytest.mark.parametrize("fmt,seed", [("syslog", 1), ("maillog", 2), ("rfc3339", 3)])
-def test_every_figure_equals_pflogsumm(tmp_path, fmt, seed):
+def test_every_figure_equals_pflogsumm(tmp_path, fmt, seed, engine):
     log = tmp_path / f"{fmt}.log"
     corpus.write(log, 3000, fmt, seed=seed, solaris_every=40 if fmt == "rfc3339" else 0)
-    assert_same(ours(pflog.summarize([log])), pflogsumm(log))
+    assert_same(ours(engine([log])), pflogsumm(log))
 
 
 @needs_pflogsumm
-def test_several_files_and_gz_equal_pflogsumm_on_their_concatenation(tmp_path):
+@ENGINES
+def test_several_files_and_gz_equal_pflogsumm_on_their_concatenation(tmp_path, engine):
     a, b = tmp_path / "mail.log.1", tmp_path / "mail.log"
     corpus.write(a, 1500, "syslog", seed=7, days=5)
     corpus.write(b, 1500, "syslog", seed=8, days=5)
@@ -155,11 +161,12 @@ def test_several_files_and_gz_equal_pflogsumm_on_their_concatenation(tmp_path):
         shutil.copyfileobj(src, dst)
     both = tmp_path / "both.log"
     both.write_bytes(a.read_bytes() + b.read_bytes())
-    assert_same(ours(pflog.summarize([tmp_path / "mail.log.2.gz", b])), pflogsumm(both))
+    assert_same(ours(engine([tmp_path / "mail.log.2.gz", b])), pflogsumm(both))
 
 
 @needs_pflogsumm
-def test_one_day_in_postfix_zero_padded_format(tmp_path):
+@ENGINES
+def test_one_day_in_postfix_zero_padded_format(tmp_path, engine):
     """`--day` on postfix's own `Nov 03` lines (pflogsumm's -d would miss days 1-9 there):
     equal to pflogsumm over that day's lines alone."""
     log = tmp_path / "postfix.log"
@@ -169,7 +176,7 @@ def test_one_day_in_postfix_zero_padded_format(tmp_path):
     only = tmp_path / "day.log"
     only.write_text("".join(line for line in log.read_text().splitlines(True)
                             if line.startswith(prefix)))
-    mine = pflog.summarize([log], day=day)
+    mine = engine([log], day=day)
     assert list(ours(mine)["per_day"]) == [day.isoformat()]
     theirs = pflogsumm(only)
     m = ours(mine)
@@ -215,6 +222,10 @@ def test_cli_summary_json_and_text(tmp_path):
     txt = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", str(log)],
                          capture_output=True, text=True, check=True).stdout
     assert f" {d['grand_totals']['received']:6d}   received" in txt
+    stream = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", "--json",
+                             "--engine", "stream", str(log)], capture_output=True, text=True,
+                            check=True).stdout
+    assert json.loads(stream) == d
     bad = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", "--day",
                           "2026-13-01", str(log)], capture_output=True, text=True)
     assert bad.returncode == 2 and "day" in bad.stderr
@@ -228,3 +239,33 @@ def test_per_day_keeps_the_rfc3339_year():
     s = pflog.Summary(this_year=2026, this_month=11)
     s.feed("2019-03-04T10:00:00.000000+00:00 mx postfix/smtpd[1]: AAA: client=a[203.0.113.5]\n")
     assert list(s.per_day) == ["2019-03-04"]
+
+
+@pytest.mark.parametrize("fmt,seed,day", [("syslog", 21, None), ("maillog", 22, 3),
+                                          ("rfc3339", 23, None), ("rfc3339", 24, 5)])
+def test_the_vectorised_engine_equals_the_reference(tmp_path, fmt, seed, day):
+    """Every output, to the last domain and reason, including the Solaris tags, lines
+    of other programs, undecodable bytes, a line without its end and a one-day filter."""
+    log = tmp_path / "x.log"
+    corpus.write(log, 2500, fmt, seed=seed, days=8, solaris_every=30)
+    with open(log, "ab") as f:
+        f.write(b"Dec  1 10:00:00 mx postfix/smtpd[1]: warning: bad \xff\xfe bytes\n")
+        f.write(b"Dec  1 10:00:01 mx postfix/qmgr[2]: ABC: from=<x@y>, size=10, nrcpt=1")
+    when = corpus.first_day() + dt.timedelta(days=day) if day is not None else None
+    ref = pflog.summarize([log], day=when).to_dict()
+    fast = pflogfast.summarize([log], day=when).to_dict()
+    for key in ref:
+        assert fast[key] == ref[key], key
+    assert ref["grand_totals"]["received"] > 0
+
+
+def test_vectorised_reject_reasons_equal_the_reference():
+    import polars as pl
+    texts = [text for _, prog, text in corpus.events(4000, seed=31, days=3)
+             if "reject" in text or "hold:" in text or "discard:" in text]
+    texts = [f"postfix/smtpd[1]: {t}" for t in texts] + [
+        "postfix/smtpd[9]: NOQUEUE: reject: RCPT from a[203.0.113.1]: 554 5.7.1 "
+        "Service unavailable; Client host [203.0.113.1] blocked using zen.example; "
+        "from=<a@b> to=<c@d> proto=ESMTP helo=<a>", "nothing to see"]
+    typ, reas = pflogfast.reject_reasons(pl.Series(texts))
+    assert list(zip(typ, reas)) == [pflog.reject_reason(t)[:2] for t in texts]
