@@ -131,6 +131,27 @@ class FastSummary:
 
 def summarize(paths: Iterable[str | Path], day: dt.date | None = None,
               today: dt.date | None = None) -> FastSummary:
+    """The figures of these files (plain or ``.gz``), in order."""
+    return summarize_blocks(_blocks(paths), day, today)
+
+
+def summarize_lines(lines: Iterable[str], day: dt.date | None = None,
+                    today: dt.date | None = None, batch: int = 100_000) -> FastSummary:
+    """The figures of lines from elsewhere (the store), in order."""
+    def blocks():
+        chunk = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= batch:
+                yield ("\n".join(chunk) + "\n").encode()
+                chunk = []
+        if chunk:
+            yield ("\n".join(chunk) + "\n").encode()
+    return summarize_blocks(blocks(), day, today)
+
+
+def summarize_blocks(blocks: Iterable[bytes], day: dt.date | None = None,
+                     today: dt.date | None = None) -> FastSummary:
     import polars as pl
     today = today or dt.date.today()
     this_year, this_month = today.year, today.month - 1
@@ -138,7 +159,7 @@ def summarize(paths: Iterable[str | Path], day: dt.date | None = None,
     parts: dict[str, list] = {k: [] for k in ("lines", "rcvd", "from", "to", "rej", "warn")}
     seq0, last_day, day_count = 0, None, 0
     cmd_any = _PREFIX + "(?:" + _nocap(_CMD) + "|" + _nocap(_CMD2) + ")"
-    for block in _blocks(paths):
+    for block in blocks:
         df = _lines(block)
         n = len(df)
         df = df.with_columns(seq=pl.int_range(seq0, seq0 + n, dtype=pl.Int64))
