@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("files", nargs="+", metavar="FILE")
     ls.add_argument("--day", help="only this day, YYYY-MM-DD")
     ls.add_argument("--json", action="store_true", help="every figure as one JSON object")
-    ls.add_argument("--engine", choices=["polars", "stream"], default="polars",
-                    help="polars: vectorised, faster (default); stream: line by line, memory "
-                         "bounded by the messages (for very large files)")
+    ls.add_argument("--engine", choices=["auto", "polars", "stream"], default="auto",
+                    help="polars: vectorised, faster, memory growing with the input; stream: "
+                         "line by line, memory bounded by the messages; auto (default): polars "
+                         "up to about 256 MB of log, stream above")
 
     from . import climanage, cliinsight
     climanage.add_parsers(sub, DEFAULT_PARAMS)
@@ -130,7 +131,9 @@ def _logs(args) -> int:
     if missing:
         print(f"error: files: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    engine = pflog.summarize if args.engine == "stream" else pflogfast.summarize
+    engine = {"stream": pflog.summarize, "polars": pflogfast.summarize}.get(args.engine) or (
+        pflogfast.summarize if pflogfast.input_size(args.files) <= pflogfast.AUTO_LIMIT
+        else pflog.summarize)
     s = engine(args.files, day=day)
     print(json.dumps(s.to_dict(), indent=2) if args.json else pflog.text(s), end="")
     return 0
