@@ -187,8 +187,6 @@ def _page(title: str, body: str) -> str:
 def send(params, r: ReportResult) -> None:
     """Mail the report's pages (HTML attachments) through the server's submission
     port as the sending mailbox, its password from the secrets."""
-    import smtplib
-    import ssl
     from email.message import EmailMessage
     from .secrets import resolve
     sender = params.insight.report_from or (params.mail.mailboxes[0].address
@@ -206,10 +204,8 @@ def send(params, r: ReportResult) -> None:
     msg.set_content(str(r))
     for p in sorted(r.directory.glob("*.html")):
         msg.add_attachment(p.read_bytes(), maintype="text", subtype="html", filename=p.name)
-    ctx = ssl.create_default_context(cafile=str(params.path(params.tls.ca_dir) / "ca.crt")) \
-        if params.tls.source == "self-signed" else ssl.create_default_context()
-    address = str(params.addresses[0])
-    with smtplib.SMTP(address, 587, timeout=30) as smtp:
-        smtp.starttls(context=ctx, server_hostname=params.hostname)
+    from .checks.clients import target_from
+    # the project's SMTP client: STARTTLS with the server's name verified (the lab CA in the lab)
+    with target_from(params).smtp(587) as smtp:
         smtp.login(sender, password.reveal())
         smtp.send_message(msg)

@@ -275,7 +275,8 @@ def test_report_is_mailed_through_the_servers_submission(params, tmp_path):
         m.store(uid, "+FLAGS", "\\Deleted")
         m.expunge()
     import email
-    msg = email.message_from_bytes(got[0][1])
+    import email.policy
+    msg = email.message_from_bytes(got[0][1], policy=email.policy.default)
     names = [part.get_filename() for part in msg.iter_attachments()]
     assert names == ["index.html", "rspamd.html"], names
     password = t.passwords["alice@lab.test"].reveal()
