@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-COMMANDS = ("collect", "report", "status", "schedule")
+COMMANDS = ("collect", "report", "status", "schedule", "dns")
 
 
 def add_parsers(sub, default_params: str) -> None:
@@ -22,6 +22,12 @@ def add_parsers(sub, default_params: str) -> None:
     s = sub.add_parser("status", help="is the server well now? (exit 1 when a check fails)")
     s.add_argument("--params", default=default_params)
     s.add_argument("--json", action="store_true")
+    d = sub.add_parser("dns", help="the DNS records the server needs").add_subparsers(
+        dest="dns_cmd", required=True)
+    dc = d.add_parser("check", help="expected vs published, through the server's own resolver "
+                                    "(exit 1 when one is missing or different)")
+    dc.add_argument("--params", default=default_params)
+    dc.add_argument("--json", action="store_true")
     sc = sub.add_parser("schedule", help="collect and reports on a timer (this machine)")
     sc.add_argument("action", choices=["install", "show"])
     sc.add_argument("--params", default=default_params)
@@ -35,7 +41,7 @@ def run(args) -> int:
     from .store import StoreError
     try:
         return {"collect": _collect, "report": _report, "status": _status,
-                "schedule": _schedule}[args.cmd](args)
+                "schedule": _schedule, "dns": _dns}[args.cmd](args)
     except (HostError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -68,6 +74,15 @@ def _status(args) -> int:
     with open_session(args.params) as s:
         r = status.run(s)
     print(json.dumps(r.record(), indent=1) if args.json else r)
+    return 0 if r.ok else 1
+
+
+def _dns(args) -> int:
+    from . import status
+    from .session import open_session
+    with open_session(args.params) as s:
+        r = status.dns_check(s)
+    print(json.dumps(r.rows, indent=1) if args.json else r)
     return 0 if r.ok else 1
 
 

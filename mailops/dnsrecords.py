@@ -68,11 +68,18 @@ def dmarc_value(p) -> str:
     return f"v=DMARC1; p=quarantine; rua=mailto:{p.postmaster}"
 
 
+def tlsrpt_value(p) -> str:
+    """SMTP TLS reporting (RFC 8460): where other servers send their TLS failure reports."""
+    return f"v=TLSRPTv1; rua=mailto:{p.postmaster}"
+
+
 def domain_records(session, domain: str) -> DnsRecords:
-    """What to publish for a mail domain: MX, SPF, DMARC and (when its key exists) DKIM."""
+    """What to publish for a mail domain: MX, SPF, DMARC, TLS-RPT and (when its key
+    exists) DKIM."""
     p = session.params
     dkim = dkim_record_of(session, domain)
     return DnsRecords((DnsRecord(domain, "MX", f"10 {p.hostname}."),
                        DnsRecord(domain, "TXT", "v=spf1 mx -all"),
-                       DnsRecord(f"_dmarc.{domain}", "TXT", dmarc_value(p)))
+                       DnsRecord(f"_dmarc.{domain}", "TXT", dmarc_value(p)),
+                       DnsRecord(f"_smtp._tls.{domain}", "TXT", tlsrpt_value(p)))
                       + ((dkim,) if dkim else ()))

@@ -65,8 +65,9 @@ def dns(p) -> tuple[list[str], list[str]]:
                     for name in [p.hostname, *p.mail_domains]]
         # DMARC as the operator publishes it (DKIM keys exist only after 60-rspamd:
         # `mailops status` shows those records to publish)
-        from .dnsrecords import dmarc_value
+        from .dnsrecords import dmarc_value, tlsrpt_value
         records += [f'_dmarc.{d}. 300 IN TXT "{dmarc_value(p)}"' for d in p.mail_domains]
+        records += [f'_smtp._tls.{d}. 300 IN TXT "{tlsrpt_value(p)}"' for d in p.mail_domains]
     records += p.resolver.extra_records
     return zones, records
 

@@ -9,6 +9,7 @@ a failed one makes :meth:`CheckReport.raise_for_status` raise and the command ex
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -198,17 +199,22 @@ def spf_allows(spf: str, addresses, hostname: str, resolver: Resolver, domain: s
     return set(addresses) <= allowed
 
 
-def dns_records(session, resolver: Resolver) -> list[dict]:
+def dns_records(session, resolver: Resolver, dkim: dict | None = None) -> list[dict]:
     """Every record the server needs, expected against published: ok / missing /
-    different, with what to publish."""
-    from .dnsrecords import dkim_record_of, dmarc_value
+    different, with the record to publish (zone-file syntax; a long TXT split into
+    strings of 255 bytes).  ``dkim``: domain -> DnsRecord or None (default: read the
+    keys on the server)."""
+    from .dnsrecords import DnsRecord, dkim_record_of, dmarc_value, tlsrpt_value
     p = session.params
+    if dkim is None:
+        dkim = {d: dkim_record_of(session, d) for d in p.mail_domains}
     rows = []
 
     def row(name, rtype, expected, published, ok):
         rows.append({"name": name, "type": rtype, "status": "ok" if ok else
                      ("missing" if not published else "different"),
-                     "published": " | ".join(published), "expected": expected})
+                     "published": " | ".join(published), "expected": expected,
+                     "publish": DnsRecord(name, rtype.split()[0], expected).zone_line()})
 
     for a in p.addresses:
         rt = "A" if a.version == 4 else "AAAA"
@@ -223,13 +229,15 @@ def dns_records(session, resolver: Resolver) -> list[dict]:
         row(d, "TXT (SPF)", "v=spf1 mx -all", spf,
             len(spf) == 1 and spf_allows(spf[0], p.addresses, p.hostname, resolver, d))
         dmarc = [t for t in resolver.ask(f"_dmarc.{d}", "TXT")[1] if t.startswith("v=DMARC1")]
-        row(f"_dmarc.{d}", "TXT (DMARC)", dmarc_value(p),
-            dmarc, len(dmarc) == 1)
-        dkim = dkim_record_of(session, d)
-        if dkim is not None:
-            got = resolver.ask(dkim.name, "TXT")[1]
-            row(dkim.name, "TXT (DKIM)", dkim.zone_value(), got,
-                _squash(dkim.value) in {_squash(g) for g in got})
+        row(f"_dmarc.{d}", "TXT (DMARC)", dmarc_value(p), dmarc, len(dmarc) == 1)
+        rpt = [t for t in resolver.ask(f"_smtp._tls.{d}", "TXT")[1]
+               if t.startswith("v=TLSRPTv1")]
+        row(f"_smtp._tls.{d}", "TXT (TLS-RPT)", tlsrpt_value(p), rpt, len(rpt) == 1)
+        key = dkim.get(d)
+        if key is not None:
+            got = resolver.ask(key.name, "TXT")[1]
+            row(key.name, "TXT (DKIM)", key.value, got,
+                _squash(key.value) in {_squash(g) for g in got})
     return rows
 
 
@@ -286,7 +294,7 @@ def _dns_checks(session) -> list[Check]:
         return [Check("dns records", False, f"the server's resolver: {type(exc).__name__}: {exc}")]
 
     def recs():
-        bad = [f"{x['name']} {x['type']} {x['status']} (publish: {x['expected'][:80]})"
+        bad = [f"{x['name']} {x['type']} {x['status']} (publish: {x['publish'][:100]})"
                for x in records if x["status"] != "ok"]
         if bad:
             raise CheckFailed("; ".join(bad))
@@ -305,3 +313,37 @@ def _dns_checks(session) -> list[Check]:
 def write_record(report: CheckReport, path: str) -> None:
     import pathlib
     pathlib.Path(path).write_text(json.dumps(report.record(), indent=1))
+
+
+@dataclasses.dataclass
+class DnsCheck:
+    """`mailops dns check`: the records as a table, ok when every one is."""
+    host: str
+    rows: list[dict]
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows)
+
+    def __str__(self) -> str:
+        bad = [r for r in self.rows if r["status"] != "ok"]
+        head = (f"dns check {self.host}: {len(self.rows) - len(bad)} of {len(self.rows)} "
+                f"records as expected")
+        lines = [f"  {r['status']:9} {r['type']:13} {r['name']}" for r in self.rows]
+        if bad:
+            lines += ["", "publish these (zone-file syntax):"] + [f"  {r['publish']}"
+                                                                  for r in bad]
+        return "\n".join([head] + lines)
+
+    def _repr_html_(self) -> str:
+        from .tables import html_table, status as cell
+        rows = [{"status": cell(r["status"] == "ok", "ok", r["status"]), "name": r["name"],
+                 "type": r["type"], "published": r["published"],
+                 "publish": "" if r["status"] == "ok" else r["publish"]} for r in self.rows]
+        return html_table(rows, title=str(self).splitlines()[0])
+
+
+def dns_check(session) -> DnsCheck:
+    """Every record the server needs, asked of its own resolver (through SSH)."""
+    with session.host.forward(53) as port:
+        return DnsCheck(session.params.hostname, dns_records(session, Resolver(port)))

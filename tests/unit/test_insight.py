@@ -414,3 +414,44 @@ def test_report_refuses_a_bad_period_and_date(env):
         report.run(pf, "hourly", collect=False)
     with pytest.raises(report.ReportError, match="not a date"):
         report.run(pf, "daily", "2026-02-30", collect=False)
+
+
+def test_dns_check_table_and_records_to_publish():
+    import ipaddress
+    from types import SimpleNamespace
+    from mailops.dnsrecords import DnsRecord
+    p = load_params(ROOT / "parameters" / "lab.yaml")
+    key = "v=DKIM1; k=rsa; p=" + "A" * 390                  # longer than one TXT string
+    dkim = {"lab.test": DnsRecord("mail._domainkey.lab.test", "TXT", key),
+            "example.test": None}
+    a = str(p.addresses[0])
+    published = {
+        ("mx1.lab.test", "A"): [a], (ipaddress.ip_address(a).reverse_pointer, "PTR"):
+        ["mx1.lab.test."], ("lab.test", "MX"): ["10 mx1.lab.test."],
+        ("lab.test", "TXT"): ["v=spf1 mx -all"], ("_dmarc.lab.test", "TXT"):
+        ["v=DMARC1; p=quarantine; rua=mailto:postmaster@lab.test"],
+        ("_smtp._tls.lab.test", "TXT"): ["v=TLSRPTv1; rua=mailto:postmaster@lab.test"],
+        ("mail._domainkey.lab.test", "TXT"): [key],
+        ("example.test", "MX"): ["10 mx1.lab.test."],
+        ("example.test", "TXT"): ["v=spf1 ip4:198.51.100.0/24 -all"],
+        ("_dmarc.example.test", "TXT"): ["v=DMARC1; p=none"]}
+    session = SimpleNamespace(params=p)
+    rows = status.dns_records(session, FakeResolver(published), dkim)
+    got = {(r["name"], r["type"]): r["status"] for r in rows}
+    assert all(v == "ok" for k, v in got.items() if k[0].endswith("lab.test") and
+               not k[0].endswith("example.test")), got
+    assert got[("_smtp._tls.example.test", "TXT (TLS-RPT)")] == "missing"
+    check = status.DnsCheck("mx1.lab.test", rows)
+    assert check.ok is False and "_smtp._tls.example.test. IN TXT" in str(check)
+    # a changed SPF (the server's address not allowed) and a removed DKIM record
+    wrong = {**published, ("lab.test", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"]}
+    del wrong[("mail._domainkey.lab.test", "TXT")]
+    rows = {(r["name"], r["type"]): r for r in status.dns_records(session, FakeResolver(wrong),
+                                                                   dkim)}
+    assert rows[("lab.test", "TXT (SPF)")]["status"] == "different"
+    dk = rows[("mail._domainkey.lab.test", "TXT (DKIM)")]
+    assert dk["status"] == "missing"
+    # the record to publish: zone-file syntax, split into strings of at most 255 bytes
+    assert dk["publish"].startswith("mail._domainkey.lab.test. IN TXT \"v=DKIM1; k=rsa; p=")
+    assert max(len(s) for s in dk["publish"].split('"')[1::2]) <= 255
+    assert "".join(dk["publish"].split('"')[1::2]) == key
