@@ -135,8 +135,13 @@ def archives(session) -> list[dict]:
 def last_run(session) -> dict | None:
     """The last scheduled (or first) backup: start, end, exit, age_hours."""
     res = session.host.run(["cat", PATHS.state], check=False)
-    if not res.ok:
+    return parse_state(res.out) if res.ok else None
+
+
+def parse_state(text: str) -> dict | None:
+    """The backup record (``PATHS.state``) with its age in hours; None when empty."""
+    if not text.strip():
         return None
-    state = json.loads(res.out)
+    state = json.loads(text)
     state["age_hours"] = round((time.time() - state["end"]) / 3600, 2)
     return state

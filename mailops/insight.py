@@ -54,16 +54,31 @@ class Period:
         return f"{span} ({self.tz})"
 
 
+def day_of(text: str = "") -> dt.date:
+    """A day as the notebooks and `mailops report` take it: YYYY-MM-DD, ``today`` (also
+    the empty default) or ``yesterday``."""
+    today = dt.date.today()
+    if text in ("", "today"):
+        return today
+    if text == "yesterday":
+        return today - dt.timedelta(days=1)
+    return _iso(text)
+
+
+def _iso(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def period_for(kind: str, on: dt.date | str | None = None, tz: str = "Etc/UTC") -> Period:
     """The period a report for ``on`` covers: the day; the 7 days ending on it; its
     calendar month; its calendar year.  ``on`` defaults to yesterday."""
     if kind not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {kind!r}")
     if isinstance(on, str):
-        try:
-            on = dt.date.fromisoformat(on)
-        except ValueError:
-            raise ValueError(f"not a date (YYYY-MM-DD): {on!r}") from None
+        on = _iso(on)
     on = on or dt.date.today() - dt.timedelta(days=1)
     if kind == "daily":
         return Period(on, on, tz, kind)
@@ -76,8 +91,13 @@ def period_for(kind: str, on: dt.date | str | None = None, tz: str = "Etc/UTC") 
     return Period(on.replace(month=1, day=1), on.replace(month=12, day=31), tz, kind)
 
 
+def _host_list(hosts) -> list[str]:
+    return [hosts] if isinstance(hosts, str) else list(hosts)
+
+
 def _hosts(hosts) -> str:
-    hs = [hosts] if isinstance(hosts, str) else list(hosts)
+    """The hosts as a SQL list, each name checked (they go into the query text)."""
+    hs = _host_list(hosts)
     for h in hs:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", h):
             raise ValueError(f"not a host name: {h!r}")
@@ -86,7 +106,7 @@ def _hosts(hosts) -> str:
 
 def _q(store: Store, sql: str, hosts, p: Period, table: str):
     in_hosts = _hosts(hosts)                 # refuses a name that is not one, before anything
-    if not store.has(table, [hosts] if isinstance(hosts, str) else list(hosts)):
+    if not store.has(table, _host_list(hosts)):
         return None
     return store.query(sql.replace("$WHERE", f"host IN {in_hosts} AND {p.where()}")
                        .replace("$TZ", p.tz))
@@ -109,7 +129,7 @@ def log_lines(store: Store, hosts, p: Period, table: str = "postfix",
               batch: int = 200_000) -> Iterator[str]:
     """The period's log lines in the order they were written, streamed in batches."""
     import duckdb
-    hs = [hosts] if isinstance(hosts, str) else list(hosts)
+    hs = _host_list(hosts)
     if not store.has(table, hs):
         return
     con = duckdb.connect()
@@ -129,7 +149,7 @@ def log_lines(store: Store, hosts, p: Period, table: str = "postfix",
 
 def postfix_table(store: Store, hosts) -> str:
     """postfix's own log where the host writes one, else syslog's ``mail.log``."""
-    hs = [hosts] if isinstance(hosts, str) else list(hosts)
+    hs = _host_list(hosts)
     return "postfix" if store.has("postfix", hs) or not store.has("mail", hs) else "mail"
 
 
@@ -169,7 +189,7 @@ def refusals(store: Store, hosts, p: Period):
     time, kind (rspamd / greylisting / dnsbl / unknown recipient / relay denied /
     sender/helo policy / size/protocol / other policy), client address and /24."""
     import pandas as pd
-    hs = [hosts] if isinstance(hosts, str) else list(hosts)
+    hs = _host_list(hosts)
     table = postfix_table(store, hs)
     if not store.has(table, hs):
         return _empty(["time", "kind", "code", "client", "network"])
@@ -433,9 +453,7 @@ def view(params_file: str, hosts: str = "", period: str = "daily", date: str = "
     store = store_for(params)
     names = [h.strip() for h in hosts.split(",") if h.strip()] or [host_name(params)]
     _hosts(names)
-    on = {"": dt.date.today(), "today": dt.date.today(),
-          "yesterday": dt.date.today() - dt.timedelta(days=1)}.get(date, date)
-    v = View(params, store, names, period_for(period, on, params.timezone))
+    v = View(params, store, names, period_for(period, day_of(date), params.timezone))
     if collect:
         from .session import Session
         with Session(params) as s:

@@ -26,6 +26,7 @@ import gzip
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from . import pflog
 from .pflog import MONTHS, gimme_domain
 
 BLOCK = 32 << 20
@@ -45,13 +46,15 @@ _CMD = r"^postfix(?:/(?:smtps|submission))?/(?P<cmd>[^\[:]*).*?: (?P<qid>[^:\s]+
 _CMD2 = r"^(?P<cmd>postfix(?:-script)?)(?:\[\d+\])?: (?P<qid>[^:\s]+)"
 _CLEANUP = (r"/cleanup\[\d+\]: .*?\b(?P<sub>(?:milter-)?reject|warning|hold|discard): "
             r"(?P<where>header|body|END-OF-MESSAGE) ")
-_CLIENT = r"\[\d+\]: \w+: client=(.+?)(?:,|$)"
-_SMTPD_REJ = r"\[\d+\]: \w+: (reject(?:_warning)?|hold|discard): "
+# the reference's own patterns where polars takes them as they are; the others above and
+# below differ only by named groups or by stopping before the rest of the line (cheaper)
+_CLIENT = pflog._CLIENT.pattern
+_SMTPD_REJ = pflog._SMTPD_REJ.pattern
 _FROM = r"from=<(?P<addr>[^>]*)>, size=(?P<size>\d+)"
 _TO = (r"to=<(?P<addr>[^>]*)>, (?:orig_to=<[^>]*>, )?relay=(?:[^,]+), (?:conn_use=[^,]+, )?"
        r"delay=(?:[^,]+), (?:delays=[^,]+, )?(?:dsn=[^,]+, )?status=(?P<status>\S+)")
-_PICKUP = r": (?:sender|uid)="
-_SASL = r"\[([0-9a-fA-F.:]+)\]: SASL \S+ authentication failed"
+_PICKUP = pflog._PICKUP.pattern
+_SASL = pflog._SASL.pattern
 # every line that can count holds one of these (the rest only make days)
 _RELEVANT = ["client=", "from=<", "to=<", "reject", "hold:", "discard:", "warning:",
              "/pickup[", "fatal:", "panic:"]
@@ -161,7 +164,6 @@ def summarize_blocks(blocks: Iterable[bytes], day: dt.date | None = None,
     import polars as pl
     today = today or dt.date.today()
     this_year, this_month = today.year, today.month - 1
-    months = {m: i for m, i in MONTHS.items()}
     parts: dict[str, list] = {k: [] for k in ("lines", "rcvd", "from", "to", "rej", "warn")}
     seq0, last_day, day_count = 0, None, 0
     cmd_any = _PREFIX + "(?:" + _nocap(_CMD) + "|" + _nocap(_CMD2) + ")"
@@ -172,14 +174,14 @@ def summarize_blocks(blocks: Iterable[bytes], day: dt.date | None = None,
         seq0 += n
         l = pl.col("l")
         df = df.with_columns(pl.when(l.str.contains(": [ID ", literal=True)).then(
-            l.str.replace(r": \[ID \d+ [^\]]+\] ", ": ")).otherwise(l).alias("l"))
+            l.str.replace(pflog._ID_STUFF.pattern, ": ")).otherwise(l).alias("l"))
         # postfix's lines (a timestamp, a host, a postfix program): no capture yet
         df = df.filter(l.str.contains(cmd_any))
         df = df.with_columns(prefix=l.str.extract(_PREFIX, 0))
         df = df.with_columns(ts=pl.col("prefix").str.extract_groups(_TS)).unnest("ts")
         syslog = pl.col("mon").is_not_null()
         df = df.with_columns(
-            m0=pl.when(syslog).then(pl.col("mon").replace_strict(months, default=None,
+            m0=pl.when(syslog).then(pl.col("mon").replace_strict(MONTHS, default=None,
                                                                   return_dtype=pl.Int32))
             .otherwise(pl.col("M").cast(pl.Int32) - 1),
             dd=pl.when(syslog).then(pl.col("d").cast(pl.Int32)).otherwise(pl.col("D").cast(pl.Int32)),
@@ -310,22 +312,16 @@ def _reduce(parts, day_count) -> FastSummary:
     bounced = to.filter(pl.col("status") == "bounced")
 
     # rejects: pflogsumm's reason for each distinct text, once
-    texts = rej.filter(pl.col("text").is_not_null() & (pl.col("kind") == "reject"))["text"]
-    uniq = texts.unique()
-    reasons = dict(zip(uniq, zip(*reject_reasons(uniq)))) if len(uniq) else {}
-    rej_rows = [{"type": "cleanup", "reason": w, "count": c} for w, c in
-                rej.filter(pl.col("typ") == "cleanup").filter(pl.col("kind") == "reject")
-                .group_by("reason").agg(pl.len()).iter_rows()]
-    counts: dict[tuple[str, str], int] = {}
-    for t, c in rej.filter(pl.col("text").is_not_null() & (pl.col("kind") == "reject")) \
-            .group_by("text").agg(pl.len()).iter_rows():
-        k = reasons[t]
-        counts[k] = counts.get(k, 0) + c
-    rej_rows += [{"type": k[0], "reason": k[1], "count": c} for k, c in counts.items()]
+    by_text = rej.filter(pl.col("text").is_not_null() & (pl.col("kind") == "reject")) \
+        .group_by("text").agg(pl.len())
     merged: dict[tuple[str, str], int] = {}
-    for row in rej_rows:
-        merged[(row["type"], row["reason"])] = merged.get((row["type"], row["reason"]), 0) + \
-            row["count"]
+    for w, c in rej.filter((pl.col("typ") == "cleanup") & (pl.col("kind") == "reject")) \
+            .group_by("reason").agg(pl.len()).iter_rows():
+        merged[("cleanup", w)] = merged.get(("cleanup", w), 0) + c
+    if by_text.height:
+        typ, reason = reject_reasons(by_text["text"])
+        for key, c in zip(zip(typ, reason), by_text["len"]):
+            merged[key] = merged.get(key, 0) + c
     top = sorted(({"type": t, "reason": r, "count": c} for (t, r), c in merged.items()),
                  key=lambda x: (-x["count"], x["type"], x["reason"]))
     kinds = dict(rej.group_by("kind").agg(pl.len()).iter_rows())
@@ -379,9 +375,8 @@ def _reduce(parts, day_count) -> FastSummary:
 
 _REJ_PARTS = (r"^.* \b(?:reject(?:_warning)?|hold|discard): (?P<typ>\S+) from (?:\S+?): "
               r"(?P<reas>.*)$")
-_SPECIAL = [(r"^.*?\d{3} (Improper use of SMTP command pipelining);.*$", "${1}"),
-            (r"^.*?\d{3} (Message size exceeds fixed limit);.*$", "${1}"),
-            (r"^.*?\d{3} (Server configuration (?:error|problem));.*$", "(Local) ${1}")]
+# pflogsumm's rewritten reasons, the reference's table (Python's \1 is polars' ${1})
+_SPECIAL = [(rx.pattern, repl.replace("\\1", "${1}")) for rx, repl in pflog._REJ_SPECIAL]
 
 
 def reject_reasons(texts):

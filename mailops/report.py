@@ -16,14 +16,13 @@ own submission port, as a signed-in mailbox of the server.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import html
 import json
 import re
 import time
 from pathlib import Path
 
-from .insight import PERIODS, period_for
+from .insight import PERIODS, day_of, period_for
 from .runner import PROJECT, REPORTS
 
 NOTEBOOKS = PROJECT / "notebooks" / "analysis"
@@ -102,10 +101,8 @@ def run(params_file: str | Path, kind: str = "daily", date: str = "", *,
         raise ReportError(f"period must be one of {', '.join(PERIODS)}, not {kind!r}")
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
-    on = {"": dt.date.today(), "today": dt.date.today(),
-          "yesterday": dt.date.today() - dt.timedelta(days=1)}.get(date, date)
     try:
-        per = period_for(kind, on, params.timezone)
+        per = period_for(kind, day_of(date), params.timezone)
     except ValueError as exc:
         raise ReportError(str(exc)) from None
     host = host_name(params)
@@ -150,10 +147,9 @@ def run(params_file: str | Path, kind: str = "daily", date: str = "", *,
 
 def write_index(r: ReportResult, per) -> None:
     from .tables import html_table, markup
+    failed = " (a check failed)" if r.status_ok is False else ""
     rows = [{"page": markup(f'<a href="{html.escape(n)}.html">{html.escape(n)}</a>'),
-             "state": s} for n, s in r.pages.items()]
-    if r.status_ok is not None:
-        rows[0]["state"] += "" if r.status_ok else " (a check failed)"
+             "state": s + (failed if n == "status" else "")} for n, s in r.pages.items()]
     table = html_table(rows, ["page", "state"], title=f"{r.kind} report {r.label} — {r.host}",
                        note=f": {per}")
     r.index.write_text(_page(f"mailops {r.kind} report {r.label} {r.host}", table))

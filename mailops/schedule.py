@@ -89,8 +89,9 @@ def plan(params, params_file: Path, *, systemd: bool | None = None,
     name = host_name(params)
     systemd = systemd_running() if systemd is None else systemd
     if systemd:
-        files = {unit_dir / n: text for n, text in units(params, params_file, name).items()}
-        return Schedule(files, [n for n in units(params, params_file, name) if n.endswith(".timer")])
+        made = units(params, params_file, name)
+        return Schedule({unit_dir / n: text for n, text in made.items()},
+                        [n for n in made if n.endswith(".timer")])
     return Schedule({cron_dir / f"mailops-{name.replace('.', '-')}": cron(params, params_file, name)},
                     [])
 

@@ -138,14 +138,11 @@ def _queue(facts) -> str:
 
 
 def _backup(facts, p) -> str:
-    require(facts["backup"].strip(), "no backup has run yet")
-    run = json.loads(facts["backup"])
-    age = (time.time() - run["end"]) / 3600
-    require(run.get("exit") == 0, f"the last backup failed (exit {run.get('exit')}, "
-                                  f"{age:.1f} h ago)")
-    require(age <= p.backup.max_age_hours, f"the last backup is {age:.1f} h old (limit "
-                                           f"{p.backup.max_age_hours} h)")
-    return f"ok {age:.1f} h ago, took {run['end'] - run['start']} s"
+    from .backup import parse_state
+    from .checks.server import judge_backup
+    run = parse_state(facts["backup"])
+    judge_backup(run, p)
+    return f"ok {run['age_hours']:.1f} h ago, took {run['end'] - run['start']} s"
 
 
 def _rspamd_log(facts) -> str:

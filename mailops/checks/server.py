@@ -41,14 +41,20 @@ def fail2ban(session, params) -> str:
             f"history: {total} bans of {ips} addresses since {since}")
 
 
+def judge_backup(run: dict | None, params) -> None:
+    """The last backup's record (``backup.parse_state``): it ran, succeeded, is recent."""
+    from ..layout import BACKUP
+    require(run is not None, "no backup has run yet")
+    require(run["exit"] == 0, f"the last backup failed (exit {run['exit']}, "
+                              f"{run['age_hours']} h ago); see {BACKUP.log}")
+    require(run["age_hours"] <= params.backup.max_age_hours,
+            f"the last backup is {run['age_hours']} h old (limit {params.backup.max_age_hours} h)")
+
+
 def last_backup(session, params) -> str:
     from .. import backup
     run = backup.last_run(session)
-    require(run is not None, "no backup has run yet")
-    require(run["exit"] == 0, f"the last backup failed (exit {run['exit']}, "
-                              f"{run['age_hours']} h ago); see {backup.PATHS.log}")
-    require(run["age_hours"] <= params.backup.max_age_hours,
-            f"the last backup is {run['age_hours']} h old (limit {params.backup.max_age_hours} h)")
+    judge_backup(run, params)
     archives = backup.archives(session)
     require(archives, "the repository holds no archive")
     last = archives[-1]

@@ -202,8 +202,9 @@ def test_status_checks_the_server(params, session):
                  "memory", "mail queue", "last backup"):
         assert by[name].ok, by[name]
     assert "RSA" in by["certificates"].evidence and "EC" in by["certificates"].evidence
-    dns = {x["name"] + " " + x["type"]: x["status"] for x in
-           status.dns_records(session, _resolver(session))}
+    with session.host.forward(53) as port:
+        dns = {x["name"] + " " + x["type"]: x["status"] for x in
+               status.dns_records(session, status.Resolver(port))}
     assert dns["lab.test MX"] == "ok" and dns["_dmarc.lab.test TXT (DMARC)"] == "ok", dns
     # a stopped service fails the check, and the command exits 1
     session.host.run(["fail2ban-client", "stop"])
@@ -217,14 +218,6 @@ def test_status_checks_the_server(params, session):
         session.host.run(["fail2ban-client", "start"], check=False)
         session.host.run(["sh", "-c", "for i in $(seq 50); do fail2ban-client ping && exit 0; "
                                       "sleep 0.2; done; exit 1"])
-
-
-def _resolver(session):
-    import contextlib
-    stack = contextlib.ExitStack()
-    port = stack.enter_context(session.host.forward(53))
-    _resolver.stack = stack           # kept open for the test's lifetime
-    return status.Resolver(port)
 
 
 @pytest.mark.skipif(not browser.available(), reason="needs chromium and playwright")
