@@ -81,9 +81,11 @@ def _lab(args) -> int:
     params = load_params(args.params)
     spec = lab.LabSpec.from_params(params)
     peers = [(spec_, what) for spec_, what in ((lab.backup_spec(params), "backup host"),
-                                                (lab.old_imap_spec(params), "old IMAP server"))
+                                                (lab.old_imap_spec(params), "old IMAP server"),
+                                                (lab.dns_spec(params), "DNS host"))
              if spec_ is not None]
     if args.action == "up":
+        lab.prepare_dns_host(params)          # first: the mail server's resolver asks it
         lab.up(spec)
         lab.prepare_backup_host(params)
         lab.prepare_old_imap_host(params)

@@ -28,6 +28,11 @@ def add_parsers(sub, default_params: str) -> None:
                                     "(exit 1 when one is missing or different)")
     dc.add_argument("--params", default=default_params)
     dc.add_argument("--json", action="store_true")
+    dp = d.add_parser("publish", help="send the missing or different records to the zones' "
+                                      "primary (RFC 2136 with TSIG, dns.update); a dry run "
+                                      "without --apply")
+    dp.add_argument("--params", default=default_params)
+    dp.add_argument("--apply", action="store_true")
     sc = sub.add_parser("schedule", help="collect and reports on a timer (this machine)")
     sc.add_argument("action", choices=["install", "show"])
     sc.add_argument("--params", default=default_params)
@@ -78,10 +83,18 @@ def _status(args) -> int:
 
 
 def _dns(args) -> int:
-    from . import status
+    from . import dnsrecords
     from .session import open_session
     with open_session(args.params) as s:
-        r = status.dns_check(s)
+        if args.dns_cmd == "publish":
+            try:
+                r = dnsrecords.publish(s, apply=args.apply)
+            except dnsrecords.PublishError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(r)
+            return 0 if r.ok else 1
+        r = dnsrecords.dns_check(s)
     print(json.dumps(r.rows, indent=1) if args.json else r)
     return 0 if r.ok else 1
 

@@ -57,6 +57,7 @@ class LabSpec:
         refs += [params.rspamd.controller_password] if params.rspamd.controller_password else []
         refs += [r for r in (params.backup.passphrase, params.backup.ssh_key) if r]
         refs += [m.password for m in params.migration.mailboxes] if params.migration else []
+        refs += [params.dns.update.key_secret] if params.dns.update else []
         keys = tuple(ref.split("#", 1)[1] for ref in refs if ref.startswith("file:") and "#" in ref
                      and params.path(ref[5:].split("#", 1)[0]) == state_dir / "secrets.yaml")
         return cls(lab.name, lab.release, lab.address, state_dir, secret_keys=keys, init=lab.init)
@@ -397,6 +398,9 @@ def ensure_secrets(spec: LabSpec) -> None:
 def _new_secret(key: str) -> str:
     """A random password; for a key named *_ssh_key, an ed25519 private key."""
     import secrets as pysecrets
+    if key.endswith("_tsig"):      # a TSIG key's secret: 256 random bits, base64
+        import base64
+        return base64.b64encode(pysecrets.token_bytes(32)).decode()
     if key.endswith("_imap"):      # characters a config file or a protocol must quote
         return pysecrets.token_urlsafe(12) + ' %u "\\ $x'
     if not key.endswith("_ssh_key"):
@@ -592,6 +596,110 @@ def _seed_old_mailbox(h, login: str, n: int, log, fresh: bool = False) -> None:
            'tar -xzf - --same-owner -C "$1"; chown -R vmail:vmail "$1"; '
            'printf %s "$2" > "$1/.mailops-seed"', "seed", home, str(n)],
           stdin=buf.getvalue(), timeout=600)
+
+
+# -- the DNS host: Knot, authoritative for the lab zones, updated over RFC 2136 ----------
+
+def dns_spec(params) -> LabSpec | None:
+    # one DNS host for every lab: always Debian 12's knot, whatever the mail server runs
+    return _peer_spec(params, "dns_host", release="bookworm", secret_keys=())
+
+
+# knot from Debian; its zones' files owned by knot (it writes updates back at once)
+INSTALL_KNOT = r"""set -e
+if ! command -v knotd >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends knot >/dev/null
+fi
+install -d -o knot -g knot -m 0750 /var/lib/knot /var/lib/knot/zones
+install -d -o knot -g knot -m 0755 /run/knot
+"""
+# conf-check, then start knotd or reload it (no systemd in the lab host)
+START_KNOT = ("knotc -c /etc/knot/knot.conf conf-check >/dev/null && "
+              "if knotc -c /etc/knot/knot.conf status >/dev/null 2>&1; "
+              "then knotc -c /etc/knot/knot.conf reload >/dev/null; "
+              "else knotd -d -c /etc/knot/knot.conf; fi")
+KNOT_CONF = """# managed by mailops lab: the lab zones' authoritative server
+server:
+    rundir: "/run/knot"
+    user: knot:knot
+    listen: [ 0.0.0.0@53 ]
+    identity: ""
+    version: ""
+log:
+  - target: /var/log/knot.log
+    any: info
+database:
+    storage: "/var/lib/knot"
+key:
+  - id: {key_name}
+    algorithm: {algorithm}
+    secret: {secret}
+acl:
+  - id: mailops_update
+    key: {key_name}
+    action: update
+template:
+  - id: default
+    storage: "/var/lib/knot/zones"
+    file: "%s.zone"
+    zonefile-sync: 0
+    serial-policy: unixtime
+    semantic-checks: on
+    acl: mailops_update
+zone:
+{zones}"""
+# a new zone's file: SOA (negative answers cached 5 s: a record just published is seen
+# at once) and NS; everything else comes by RFC 2136, as to a provider's API
+ZONE_FILE = """$ORIGIN {zone}.
+$TTL 60
+@ IN SOA {ns}. hostmaster.{ns_domain}. 1 60 60 600 5
+@ IN NS {ns}.
+"""
+ZONES_LIST = "/etc/knot/mailops-zones"
+
+
+def prepare_dns_host(params, log=print) -> LabStatus | None:
+    """Bring up the DNS host, serve every lab zone these parameters need (zones other
+    parameters added stay), and publish the lab's own records (the gateway, the DNS
+    host, ``resolver.extra_records``) there over RFC 2136."""
+    spec = dns_spec(params)
+    if spec is None:
+        return None
+    if params.dns.update is None or params.dns.update.server != spec.address:
+        raise LabError(f"lab.dns_host {spec.name} needs dns.update.server: {spec.address} "
+                       "(the records are published there)")
+    st = up(spec, log=log)
+    ensure_secrets(LabSpec.from_params(params))      # the TSIG key, before the mail server
+    from . import labmode
+    from .dnsrecords import DnsRecord, Publisher
+    from .host import SSHHost
+    from .secrets import resolve
+    u = params.dns.update
+    secret = resolve(u.key_secret, params.base_dir)
+    ns = labmode.dns_host_name(params)
+    with SSHHost(spec.url, key_file=spec.key_file, known_hosts=spec.known_hosts) as h:
+        h.run(["sh", "-c", INSTALL_KNOT], timeout=600)
+        have = h.run(["cat", ZONES_LIST], check=False).out.split()
+        zones = sorted(dict.fromkeys([*have, *labmode.zones(params)]))
+        for z in zones:
+            if not h.run(["test", "-s", f"/var/lib/knot/zones/{z}.zone"], check=False).ok:
+                h.write_file(f"/var/lib/knot/zones/{z}.zone",
+                             ZONE_FILE.format(zone=z, ns=ns, ns_domain=ns.split(".", 1)[1]).encode(),
+                             mode="0640", owner="knot", group="knot")
+        h.write_file(ZONES_LIST, "".join(f"{z}\n" for z in zones).encode())
+        h.write_file("/etc/knot/knot.conf", KNOT_CONF.format(
+            key_name=u.key_name, algorithm=u.algorithm, secret=secret.reveal(),
+            zones="".join(f"  - domain: {z}\n" for z in zones)).encode(),
+            mode="0640", group="knot")
+        h.run(["sh", "-c", START_KNOT])
+    pub = Publisher(u, params.base_dir)
+    pub.wait_ready(zones[0])
+    records = [DnsRecord.from_zone_line(line) for line in labmode.infrastructure_records(params)]
+    pub.replace(records)
+    log(f"lab {spec.name}: DNS host {ns} serving {', '.join(zones)}")
+    return st
 
 
 def _ensure_keys(spec: LabSpec, local: LocalHost) -> None:

@@ -11,8 +11,10 @@ For a parameters file with a ``lab:`` section, :func:`overlay` adds, per step:
   for each on every message), and a multimap rule the tests use to reach the
   add_header action.
 
-The lab resolver's zones (:func:`dns`) serve ``resolver.mode: lab``: the lab's
-own domains, its gateway's forward and reverse names, SPF for the lab network.
+With ``resolver.mode: lab`` the server's unbound answers the lab's zones only
+(:func:`zones`): from the lab's DNS host (``lab.dns_host``, Knot, where `mailops
+dns publish` puts the records as it would at a provider) or, without one, from
+local data (:func:`dns`).
 """
 from __future__ import annotations
 
@@ -41,35 +43,67 @@ def gateway_name(p) -> str:
     return f"gw.{p.hostname.split('.', 1)[1]}"
 
 
-def dns(p) -> tuple[list[str], list[str]]:
-    """Zones and records the lab resolver answers: the mail domains, the
-    host's own domain and the reverse zones of its addresses."""
-    host_domain = p.hostname.split(".", 1)[1]
-    zones = sorted({host_domain, *p.mail_domains})
-    records = [f"{p.hostname}. 300 IN {'A' if a.version == 4 else 'AAAA'} {a}"
-               for a in p.addresses]
-    records += [f"{d}. 300 IN MX 10 {p.hostname}." for d in p.mail_domains]
-    for a in p.addresses:
-        rev = ipaddress.ip_address(a).reverse_pointer
-        zone = rev.split(".", 1)[1]
-        if zone not in zones:
-            zones.append(zone)
-        records.append(f"{rev}. 300 IN PTR {p.hostname}.")
+def _reverse_zone(address) -> str:
+    return ipaddress.ip_address(address).reverse_pointer.split(".", 1)[1]
+
+
+def zones(p) -> list[str]:
+    """The lab zones a mail server's parameters need answered: the host's domain, the
+    mail domains, the reverse zones of its addresses and of the lab network, and the
+    zones of ``resolver.extra_records``."""
+    out = [p.hostname.split(".", 1)[1], *p.mail_domains]
+    out += [_reverse_zone(a) for a in p.addresses]
     if p.lab is not None:
-        # the gateway gets forward and reverse names, and the domains an SPF record for
-        # the lab network, as a real sending host would have
+        out.append(_reverse_zone(p.lab.address))
+    out += [r.split()[0].rstrip(".").split(".", 1)[1] for r in p.resolver.extra_records]
+    return sorted(dict.fromkeys(z.lower() for z in out))
+
+
+def infrastructure_records(p) -> list[str]:
+    """What the lab itself holds in DNS, not the mail server's records: the gateway's
+    forward and reverse names (where tests and verify connect from), the DNS host's
+    name, and ``resolver.extra_records``."""
+    records = []
+    if p.lab is not None:
         net = ipaddress.ip_network(f"{p.lab.address}/24", strict=False)
         gw, gw_name = net.network_address + 1, gateway_name(p)
         records += [f"{gw_name}. 300 IN A {gw}", f"{gw.reverse_pointer}. 300 IN PTR {gw_name}."]
-        records += [f'{name}. 300 IN TXT "v=spf1 ip4:{net} -all"'
-                    for name in [p.hostname, *p.mail_domains]]
-        # DMARC as the operator publishes it (DKIM keys exist only after 60-rspamd:
-        # `mailops status` shows those records to publish)
-        from .dnsrecords import dmarc_value, tlsrpt_value
-        records += [f'_dmarc.{d}. 300 IN TXT "{dmarc_value(p)}"' for d in p.mail_domains]
-        records += [f'_smtp._tls.{d}. 300 IN TXT "{tlsrpt_value(p)}"' for d in p.mail_domains]
-    records += p.resolver.extra_records
-    return zones, records
+        if p.lab.dns_host is not None:
+            ns = dns_host_name(p)
+            records += [f"{ns}. 300 IN A {p.lab.dns_host.address}",
+                        f"{p.lab.dns_host.address.reverse_pointer}. 300 IN PTR {ns}."]
+    return records + list(p.resolver.extra_records)
+
+
+def dns_host_name(p) -> str:
+    return f"ns.{p.hostname.split('.', 1)[1]}"
+
+
+def dns(p) -> tuple[list[str], list[str]]:
+    """Zones and records a lab resolver without a DNS host answers from local data: the
+    lab's own records and the mail server's (A, PTR, MX, SPF, DMARC, TLS-RPT; DKIM keys
+    exist only after 60-rspamd, and `mailops dns check` shows those to publish)."""
+    from .dnsrecords import dmarc_value, tlsrpt_value
+    records = [f"{p.hostname}. 300 IN {'A' if a.version == 4 else 'AAAA'} {a}"
+               for a in p.addresses]
+    records += [f"{d}. 300 IN MX 10 {p.hostname}." for d in p.mail_domains]
+    records += [f"{ipaddress.ip_address(a).reverse_pointer}. 300 IN PTR {p.hostname}."
+                for a in p.addresses]
+    records += [f'{name}. 300 IN TXT "{p.dns.spf}"' for name in [p.hostname, *p.mail_domains]]
+    records += [f'_dmarc.{d}. 300 IN TXT "{dmarc_value(p)}"' for d in p.mail_domains]
+    records += [f'_smtp._tls.{d}. 300 IN TXT "{tlsrpt_value(p)}"' for d in p.mail_domains]
+    return zones(p), records + infrastructure_records(p)
+
+
+def resolver(p) -> dict:
+    """The unbound template's lab inputs: stub zones to the lab's DNS host, or zones
+    answered from local data (nothing for a production resolver)."""
+    if p.resolver.mode != "lab":
+        return {"zones": [], "records": [], "stub": None}
+    if p.lab is not None and p.lab.dns_host is not None:
+        return {"zones": zones(p), "records": [], "stub": str(p.lab.dns_host.address)}
+    z, records = dns(p)
+    return {"zones": z, "records": records, "stub": None}
 
 
 def overlay(step: str, p, info) -> list[Resource]:

@@ -105,6 +105,13 @@ class LabOldImapHost(Model):
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.15")
 
 
+class LabDnsHost(Model):
+    """A lab host running Knot DNS: the lab's authoritative servers for its zones
+    (the stand-in for a DNS provider), updated over RFC 2136 like one."""
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab6"
+    address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.53")
+
+
 class Lab(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab1"
     release: Literal["bookworm", "trixie"] = "bookworm"
@@ -118,6 +125,9 @@ class Lab(Model):
     # a lab host with plain Debian dovecot (maildir) and a seeded mailbox: the old
     # server `mailops migrate` is tried against (`mailops lab up` builds it too)
     old_imap_host: LabOldImapHost | None = None
+    # a lab host with Knot DNS serving the lab's zones: the mail server's unbound asks it
+    # (a stub zone) instead of answering from local data (`mailops lab up` builds it too)
+    dns_host: LabDnsHost | None = None
 
     @model_validator(mode="after")
     def _documentation_range(self):
@@ -125,16 +135,17 @@ class Lab(Model):
             raise ValueError(f"lab address {self.address} must be a host in 198.51.100.0/24 or "
                              "203.0.113.0/24 other than .0, .1 and .255")
         peers = [(f, h) for f, h in (("backup_host", self.backup_host),
-                                      ("old_imap_host", self.old_imap_host)) if h is not None]
+                                      ("old_imap_host", self.old_imap_host),
+                                      ("dns_host", self.dns_host)) if h is not None]
         for field, b in peers:
             if (b.address == self.address or b.name == self.name
                     or not any(b.address in n and self.address in n for n in LAB_NETS)
                     or int(b.address) & 0xFF in (0, 1, 255)):
                 raise ValueError(f"lab {field} {b.name} {b.address} must be another host of the "
                                  f"lab's /24, with another name")
-        if len(peers) == 2 and (peers[0][1].name == peers[1][1].name
-                                or peers[0][1].address == peers[1][1].address):
-            raise ValueError("lab backup_host and old_imap_host must be two hosts")
+        if len({h.name for _, h in peers}) < len(peers) or \
+                len({h.address for _, h in peers}) < len(peers):
+            raise ValueError("lab " + ", ".join(f for f, _ in peers) + " must be different hosts")
         return self
 
 
@@ -142,6 +153,29 @@ class Resolver(Model):
     mode: Literal["recursive", "lab"] = "recursive"
     extra_records: list[str] = Field(default_factory=list,
                                      description="lab only: more local-data records")
+
+
+class DnsUpdate(Model):
+    """Where `mailops dns publish` sends the records: RFC 2136 dynamic updates signed
+    with TSIG (BIND, Knot, PowerDNS and many providers take them; the lab's DNS host)."""
+    server: ipaddress.IPv4Address | ipaddress.IPv6Address = Field(
+        description="the primary authoritative server of the mail domains' zones")
+    port: Port = 53
+    key_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] = "mailops"
+    key_secret: SecretRef = Field(description="the TSIG key's secret (base64): file:PATH[#key] "
+                                              "or env:NAME, never a literal")
+    algorithm: Literal["hmac-sha256", "hmac-sha512"] = "hmac-sha256"
+
+
+class Dns(Model):
+    """The records the mail domains publish (`mailops dns check` compares them)."""
+    ttl: Annotated[int, Field(ge=1, le=86400)] = 3600
+    spf: Annotated[str, Field(pattern=r"^v=spf1( [!-~]+)* [~?+-]?all$")] = Field(
+        "v=spf1 mx -all", description="each mail domain's SPF record (it must allow the "
+                                      "server's addresses)")
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
+    update: DnsUpdate | None = Field(None, description="publish with `mailops dns publish` "
+                                                       "(RFC 2136); without it, by hand")
 
 
 class Firewall(Model):
@@ -369,6 +403,7 @@ class Params(Model):
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]] = Field(
         default_factory=list, description="extra Debian packages for the base step")
     resolver: Resolver = Resolver()
+    dns: Dns = Dns()
     firewall: Firewall = Firewall()
     updates: Updates = Updates()
     sshd: Sshd = Sshd()

@@ -92,7 +92,9 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
         ahead = _plan_ahead(session, steps) if notebooks == "changed" else {}
         for step in steps:
             log(f"[{step.name}] {step.title} ...")
-            if step.checks:
+            if step.dns:
+                rec = _run_dns(session, step, params_file, apply, notebooks, run_dir)
+            elif step.checks:
                 changed = any(r.changes for r in records) and apply
                 if not (changed or verify or notebooks == "all"):
                     records.append(StepRecord(step.name, "skipped", 0, None, 0.0,
@@ -139,6 +141,26 @@ def _run_step(session: Session, step: Step, params_file: Path, apply: bool, note
             return StepRecord(step.name, Status.FAILED.value, 0, None,
                               time.monotonic() - t0, f"{type(exc).__name__}: {exc}")
         if plan.empty:
+            return StepRecord(step.name, Status.NO_CHANGES.value, 0, None, time.monotonic() - t0)
+    return _run_notebook(step, params_file, apply, run_dir, t0)
+
+
+def _run_dns(session: Session, step: Step, params_file: Path, apply: bool, notebooks: str,
+             run_dir: Path) -> StepRecord:
+    """88-dns: without dns.update, skipped (the operator publishes; 90-verify checks);
+    with it, planned here and its notebook run only when a record must change."""
+    t0 = time.monotonic()
+    if session.params.dns.update is None:
+        return StepRecord(step.name, "skipped", 0, None, 0.0, None,
+                          ("no dns.update: publish by hand (`mailops dns check` shows what)",))
+    if notebooks == "changed":
+        from . import dnsrecords
+        try:
+            plan = dnsrecords.publish(session, apply=False)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the run stops
+            return StepRecord(step.name, Status.FAILED.value, 0, None, time.monotonic() - t0,
+                              f"{type(exc).__name__}: {exc}")
+        if not plan.changes:
             return StepRecord(step.name, Status.NO_CHANGES.value, 0, None, time.monotonic() - t0)
     return _run_notebook(step, params_file, apply, run_dir, t0)
 

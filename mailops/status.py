@@ -9,13 +9,12 @@ a failed one makes :meth:`CheckReport.raise_for_status` raise and the command ex
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import ipaddress
 import json
 import time
 
 from .checks.result import Check, CheckFailed, CheckReport, check, require, run_parallel
+from .dnsrecords import Resolver, dns_records
 from .layout import BACKUP, tls_paths
 
 CERT_DAYS_MIN = 14            # certificates: fail below this many days left
@@ -155,93 +154,6 @@ def _rspamd_log(facts) -> str:
 
 
 # -- DNS through the server's own resolver ----------------------------------------------
-class Resolver:
-    """dnspython over TCP to the server's unbound, through an SSH port forward."""
-
-    def __init__(self, port: int):
-        self.port = port
-
-    def ask(self, name: str, rtype: str) -> tuple[str, list[str]]:
-        """(rcode text, answers as text; TXT strings joined)."""
-        import dns.message
-        import dns.query
-        import dns.rcode
-        q = dns.message.make_query(name, rtype)
-        r = dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=10)
-        out = []
-        for rrset in r.answer:
-            if rrset.rdtype != dns.rdatatype.from_text(rtype):
-                continue
-            for rd in rrset:
-                out.append("".join(s.decode() for s in rd.strings) if rtype == "TXT"
-                           else rd.to_text())
-        return dns.rcode.to_text(r.rcode()), out
-
-
-def spf_allows(spf: str, addresses, hostname: str, resolver: Resolver, domain: str) -> bool:
-    """Whether the SPF record lets the server's addresses send (ip4/ip6, a, mx; one
-    level, no include: enough to see a wrong record, not a full SPF evaluator)."""
-    allowed = set()
-    for term in spf.split()[1:]:
-        mech = term.lstrip("+")
-        if mech.startswith(("ip4:", "ip6:")):
-            net = ipaddress.ip_network(mech[4:], strict=False)
-            allowed |= {a for a in addresses if a in net}
-        elif mech in ("a", "mx"):
-            names = [domain] if mech == "a" else [
-                m.split()[-1].rstrip(".") for m in resolver.ask(domain, "MX")[1]]
-            for n in names:
-                for rt in ("A", "AAAA"):
-                    allowed |= {a for a in addresses if str(a) in resolver.ask(n, rt)[1]}
-    return set(addresses) <= allowed
-
-
-def dns_records(session, resolver: Resolver, dkim: dict | None = None) -> list[dict]:
-    """Every record the server needs, expected against published: ok / missing /
-    different, with the record to publish (zone-file syntax; a long TXT split into
-    strings of 255 bytes).  ``dkim``: domain -> DnsRecord or None (default: read the
-    keys on the server)."""
-    from .dnsrecords import DnsRecord, dkim_record_of, dmarc_value, tlsrpt_value
-    p = session.params
-    if dkim is None:
-        dkim = {d: dkim_record_of(session, d) for d in p.mail_domains}
-    rows = []
-
-    def row(name, rtype, expected, published, ok):
-        rows.append({"name": name, "type": rtype, "status": "ok" if ok else
-                     ("missing" if not published else "different"),
-                     "published": " | ".join(published), "expected": expected,
-                     "publish": DnsRecord(name, rtype.split()[0], expected).zone_line()})
-
-    for a in p.addresses:
-        rt = "A" if a.version == 4 else "AAAA"
-        got = resolver.ask(p.hostname, rt)[1]
-        row(p.hostname, rt, str(a), got, str(a) in got)
-        ptr = resolver.ask(a.reverse_pointer, "PTR")[1]
-        row(a.reverse_pointer, "PTR", f"{p.hostname}.", ptr, f"{p.hostname}." in ptr)
-    for d in p.mail_domains:
-        mx = resolver.ask(d, "MX")[1]
-        row(d, "MX", f"10 {p.hostname}.", mx, any(m.split()[-1] == f"{p.hostname}." for m in mx))
-        spf = [t for t in resolver.ask(d, "TXT")[1] if t.startswith("v=spf1")]
-        row(d, "TXT (SPF)", "v=spf1 mx -all", spf,
-            len(spf) == 1 and spf_allows(spf[0], p.addresses, p.hostname, resolver, d))
-        dmarc = [t for t in resolver.ask(f"_dmarc.{d}", "TXT")[1] if t.startswith("v=DMARC1")]
-        row(f"_dmarc.{d}", "TXT (DMARC)", dmarc_value(p), dmarc, len(dmarc) == 1)
-        rpt = [t for t in resolver.ask(f"_smtp._tls.{d}", "TXT")[1]
-               if t.startswith("v=TLSRPTv1")]
-        row(f"_smtp._tls.{d}", "TXT (TLS-RPT)", tlsrpt_value(p), rpt, len(rpt) == 1)
-        key = dkim.get(d)
-        if key is not None:
-            got = resolver.ask(key.name, "TXT")[1]
-            row(key.name, "TXT (DKIM)", key.value, got,
-                _squash(key.value) in {_squash(g) for g in got})
-    return rows
-
-
-def _squash(v: str) -> str:
-    return v.replace(" ", "")
-
-
 def dnsbl(resolver: Resolver, addresses) -> list[dict]:
     rows = []
     for a in addresses:
@@ -290,12 +202,7 @@ def _dns_checks(session) -> list[Check]:
     except Exception as exc:  # noqa: BLE001 - reported as a failed check
         return [Check("dns records", False, f"the server's resolver: {type(exc).__name__}: {exc}")]
 
-    def recs():
-        bad = [f"{x['name']} {x['type']} {x['status']} (publish: {x['publish'][:100]})"
-               for x in records if x["status"] != "ok"]
-        if bad:
-            raise CheckFailed("; ".join(bad))
-        return f"{len(records)} records published as expected"
+    from .checks.dns import judge
 
     def bl():
         listed = [f"{x['address']} on {x['list']}" for x in listings if x["listed"]]
@@ -304,43 +211,9 @@ def _dns_checks(session) -> list[Check]:
         unknown = [x for x in listings if x["answer"] not in ("NXDOMAIN",) and not x["listed"]]
         return (f"not listed on {', '.join(DNSBLS)}" + (
             f" ({len(unknown)} lookups not answered: {unknown[0]['answer']})" if unknown else ""))
-    return [check("dns records", recs), check("dnsbl listing", bl)]
+    return [check("dns records", lambda: judge(records)), check("dnsbl listing", bl)]
 
 
 def write_record(report: CheckReport, path: str) -> None:
     import pathlib
     pathlib.Path(path).write_text(json.dumps(report.record(), indent=1))
-
-
-@dataclasses.dataclass
-class DnsCheck:
-    """`mailops dns check`: the records as a table, ok when every one is."""
-    host: str
-    rows: list[dict]
-
-    @property
-    def ok(self) -> bool:
-        return all(r["status"] == "ok" for r in self.rows)
-
-    def __str__(self) -> str:
-        bad = [r for r in self.rows if r["status"] != "ok"]
-        head = (f"dns check {self.host}: {len(self.rows) - len(bad)} of {len(self.rows)} "
-                f"records as expected")
-        lines = [f"  {r['status']:9} {r['type']:13} {r['name']}" for r in self.rows]
-        if bad:
-            lines += ["", "publish these (zone-file syntax):"] + [f"  {r['publish']}"
-                                                                  for r in bad]
-        return "\n".join([head] + lines)
-
-    def _repr_html_(self) -> str:
-        from .tables import html_table, status as cell
-        rows = [{"status": cell(r["status"] == "ok", "ok", r["status"]), "name": r["name"],
-                 "type": r["type"], "published": r["published"],
-                 "publish": "" if r["status"] == "ok" else r["publish"]} for r in self.rows]
-        return html_table(rows, title=str(self).splitlines()[0])
-
-
-def dns_check(session) -> DnsCheck:
-    """Every record the server needs, asked of its own resolver (through SSH)."""
-    with session.host.forward(53) as port:
-        return DnsCheck(session.params.hostname, dns_records(session, Resolver(port)))

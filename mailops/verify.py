@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Callable
 
-from .checks import dkim, server, smtp, tls
+from .checks import dkim, dns, server, smtp, tls
 from .checks.clients import Target, find_and_delete, imap_login, message, target_from
 from .checks.result import Check, CheckFailed, CheckReport, check, require, run_parallel
 from .checks.smtp import GTUBE
@@ -69,7 +69,8 @@ def server_checks(params, session) -> list[tuple[str, Callable[[], str]]]:
     """Checks only the server can answer, over the session's one connection."""
     todo: list[tuple[str, Callable[[], str]]] = [
         ("security updates", lambda: server.updates(session, params)),
-        ("ssh password logins", lambda: server.sshd(session, params))]
+        ("ssh password logins", lambda: server.sshd(session, params)),
+        ("dns records", lambda: dns.published(session))]
     if params.fail2ban.enabled:
         todo.append(("fail2ban", lambda: server.fail2ban(session, params)))
     if params.backup.enabled:

@@ -18,6 +18,7 @@ class Step:
     title: str
     declare: Callable | None = None
     checks: bool = False        # a verify step: checks from outside, changes nothing
+    dns: bool = False           # the DNS step: records at the zones' primary, not on the host
 
     @property
     def notebook(self) -> str:
@@ -47,6 +48,8 @@ STEPS: tuple[Step, ...] = (
          fail2ban.declare),
     Step("80-backup", "borg backups by borgmatic, encrypted, to a repository host",
          backup.declare),
+    Step("88-dns", "the DNS records published at the zones' primary (RFC 2136; dns.update)",
+         dns=True),
     Step("90-verify", "the mail server checked from outside", checks=True),
 )
 

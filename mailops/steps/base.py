@@ -14,7 +14,6 @@ NFT_CONF = "/etc/nftables.conf"
 
 def declare(p, info) -> list[Resource]:
     lab = p.resolver.mode == "lab"
-    zones, records = labmode.dns(p) if lab else ([], [])
     systemd = info is not None and info.init == "systemd"
     sshd_files, sshd_service = _sshd(p)
     # logrotate runs from a systemd timer, or from cron's daily run where no systemd runs
@@ -27,7 +26,7 @@ def declare(p, info) -> list[Resource]:
         File("/etc/timezone", f"{p.timezone}\n"),
         Link("/etc/localtime", f"/usr/share/zoneinfo/{p.timezone}"),
         File("/etc/unbound/unbound.conf",
-             render("etc/unbound/unbound.conf.j2", lab=lab, zones=zones, records=records),
+             render("etc/unbound/unbound.conf.j2", lab=lab, **labmode.resolver(p)),
              notify=("unbound",)),
         File("/etc/default/unbound", render("etc/default/unbound.j2", lab=lab),
              notify=("unbound",)),

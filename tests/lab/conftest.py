@@ -34,6 +34,7 @@ def lab_spec(lab_params):
 
 @pytest.fixture(scope="session")
 def lab_up(lab_spec, lab_params):
+    lab.prepare_dns_host(lab_params)         # the lab zones' authoritative server (lab6)
     lab.up(lab_spec)
     lab.prepare_backup_host(lab_params)      # the borg repository host (lab3)
     lab.reset_egress_watch(lab_spec)         # test_99 checks no packet left the lab
@@ -45,7 +46,19 @@ def params(lab_up):
     """The lab provisioned (a no-op when it is): a module starts from the converged state."""
     res = provision_json("--params", str(LAB_PARAMS), "--apply")
     assert res["ok"], res
-    return load_params(LAB_PARAMS)
+    p = load_params(LAB_PARAMS)
+    publish_dns(p)
+    return p
+
+
+def publish_dns(p):
+    """The server's records at the lab's DNS host, as `mailops dns publish --apply`
+    (a no-op when they are there)."""
+    from mailops import dnsrecords
+    with Session(p) as s:
+        r = dnsrecords.publish(s, apply=True)
+    assert r.ok, r
+    return r
 
 
 @pytest.fixture

@@ -274,17 +274,3 @@ def test_report_is_mailed_through_the_servers_submission(params, tmp_path):
     assert names == ["index.html", "rspamd.html"], names
     password = t.passwords["alice@lab.test"].reveal()
     assert password not in str(r) and password.encode() not in got[0][1]
-
-
-def test_dns_check_shows_what_the_lab_resolver_does_not_publish(params):
-    """The lab's resolver publishes A, PTR, MX, SPF, DMARC and TLS-RPT, but not the DKIM
-    keys (made later, by 60-rspamd): `dns check` exits 1 and prints them to publish."""
-    from conftest import LAB_PARAMS, mailops_cli
-    proc = mailops_cli("dns", "check", "--params", str(LAB_PARAMS), check=False)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert "ok        MX            lab.test" in out and "TLS-RPT" in out
-    assert "missing   TXT (DKIM)    mail._domainkey.lab.test" in out
-    publish = out.split("publish these (zone-file syntax):")[1]
-    assert 'mail._domainkey.lab.test. IN TXT "v=DKIM1; k=rsa; p=' in publish
-    assert "MX" not in publish and "_dmarc" not in publish

@@ -16,8 +16,10 @@ def test_no_packet_left_the_lab_during_the_run(lab_up):
 def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up
-    for peer in (lab.backup_spec(lab_params), lab.old_imap_spec(lab_params)):
-        # the borg repository host and the old IMAP server first: the bridge is shared
+    for peer in (lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
+                 lab.dns_spec(lab_params)):
+        # the borg repository host, the old IMAP server and the DNS host first: the
+        # bridge is shared
         if lab.status(peer).state == "down":
             continue
         peer_pid = json.loads(peer.state_file.read_text())["ns"]["pid"]

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import browser  # noqa: E402
 import pflog_corpus as corpus  # noqa: E402
 from mailops import collect as mc  # noqa: E402
+from mailops import dnsrecords  # noqa: E402
 from mailops import insight as mi  # noqa: E402
 from mailops import pflog, report, schedule, status  # noqa: E402
 from mailops.params import load_params  # noqa: E402
@@ -315,9 +316,9 @@ def test_status_parsers_and_checks():
     addr = [ipaddress.ip_address("203.0.113.10")]
     r = FakeResolver({("example.org", "MX"): ["10 mx1.example.org."],
                       ("mx1.example.org", "A"): ["203.0.113.10"]})
-    assert status.spf_allows("v=spf1 mx -all", addr, "mx1.example.org", r, "example.org")
-    assert status.spf_allows("v=spf1 ip4:203.0.113.0/24 -all", addr, "", r, "example.org")
-    assert not status.spf_allows("v=spf1 ip4:198.51.100.0/24 -all", addr, "", r, "example.org")
+    assert dnsrecords.spf_allows("v=spf1 mx -all", addr, "mx1.example.org", r, "example.org")
+    assert dnsrecords.spf_allows("v=spf1 ip4:203.0.113.0/24 -all", addr, "", r, "example.org")
+    assert not dnsrecords.spf_allows("v=spf1 ip4:198.51.100.0/24 -all", addr, "", r, "example.org")
     assert status.parse_df("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
                            "/dev/sda1 100 95 5 95% /\n") == {"/": 95}
     facts = {"df": "h\n/dev/sda1 100 95 5 95% /\n", "procs": "master 1\ndovecot 0\n",
@@ -441,7 +442,7 @@ def test_dns_check_table_and_records_to_publish():
     assert all(v == "ok" for k, v in got.items() if k[0].endswith("lab.test") and
                not k[0].endswith("example.test")), got
     assert got[("_smtp._tls.example.test", "TXT (TLS-RPT)")] == "missing"
-    check = status.DnsCheck("mx1.lab.test", rows)
+    check = dnsrecords.DnsCheck("mx1.lab.test", rows)
     assert check.ok is False and "_smtp._tls.example.test. IN TXT" in str(check)
     # a changed SPF (the server's address not allowed) and a removed DKIM record
     wrong = {**published, ("lab.test", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"]}

@@ -50,10 +50,21 @@ def test_config_templates_carry_the_managed_header(root):
 
 
 def test_lab_resolver_refuses_everything_but_lab_zones(root):
-    from mailops.labmode import dns
-    zones, records = dns(load_params(root / "parameters" / "lab.yaml"))
-    assert zones == ["example.test", "lab.test", "100.51.198.in-addr.arpa"]
-    assert "mx1.lab.test. 300 IN A 198.51.100.10" in records
+    import yaml
+    from mailops.labmode import dns, resolver
+    from mailops.params import parse_params
+    data = yaml.safe_load((root / "parameters" / "lab-trixie.yaml").read_text())
+    del data["lab"]["dns_host"]
+    trixie = parse_params(data, base_dir=root / "parameters")
+    zones, records = dns(trixie)          # no DNS host: the zones from local data
+    assert zones == ["100.51.198.in-addr.arpa", "example.test", "lab.test", "old.test"]
+    assert "mx2.lab.test. 300 IN A 198.51.100.11" in records
+    assert 'lab.test. 300 IN TXT "v=spf1 mx ip4:198.51.100.1 -all"' in records
+    assert resolver(trixie)["stub"] is None
+    # with the lab's DNS host: the same zones, asked of it, and no local data
+    lab = resolver(load_params(root / "parameters" / "lab.yaml"))
+    assert lab == {"zones": zones, "records": [], "stub": "198.51.100.53"}
+    assert resolver(load_params(root / "parameters" / "example.yaml"))["zones"] == []
 
 
 def test_undefined_template_variable_is_an_error(tmp_path):
