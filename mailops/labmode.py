@@ -55,7 +55,8 @@ def zones(p) -> list[str]:
     out += [_reverse_zone(a) for a in p.addresses]
     if p.lab is not None:
         out.append(_reverse_zone(p.lab.address))
-    out += [r.split()[0].rstrip(".").split(".", 1)[1] for r in p.resolver.extra_records]
+    names = [r.split()[0].rstrip(".") for r in p.resolver.extra_records if r.split()]
+    out += [n.split(".", 1)[1] for n in names if "." in n]
     return sorted(dict.fromkeys(z.lower() for z in out))
 
 

@@ -197,14 +197,36 @@ class Sshd(Model):
     key_only: bool = True
 
 
+class Acme(Model):
+    """Certificates from an ACME CA, by Debian's certbot on the server, validated by DNS-01
+    through RFC 2136 updates (no web server, no port 80): the account's key stays on the
+    server; renewal is certbot's own timer; a deploy hook installs a renewed certificate
+    only after it passes its checks."""
+    server: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.-]+(:\d+)?/\S*$")] = Field(
+        "https://acme-v02.api.letsencrypt.org/directory", description="the ACME directory URL")
+    email: Address | None = Field(None, description="the account's contact (default: the "
+                                                    "postmaster)")
+    ca_file: Path | None = Field(None, description="a private ACME CA's root and the CA of its "
+                                 "API's certificate (PEM, on this machine): trusted on the server "
+                                 "and by verify; none for a public CA")
+    # DNS-01: the zone's primary and a TSIG key allowed to update _acme-challenge TXT records
+    # (default: dns.update's; a key limited to those names is better, where the server allows)
+    rfc2136_server: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    rfc2136_port: Port = 53
+    key_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] | None = None
+    key_secret: SecretRef | None = None
+    propagation_s: Annotated[int, Field(ge=0, le=600)] = 30   # wait after the TXT update
+
+
 class TLS(Model):
-    source: Literal["self-signed", "files"] = "self-signed"
+    source: Literal["self-signed", "files", "acme"] = "self-signed"
     ca_dir: Path = Field(Path("../.lab/ca"), description="self-signed: where the controller "
                          "keeps the CA and the issued certificates")
     rsa_cert: str | None = Field(None, description="files: certificate chain path on the server")
     rsa_key: str | None = None
     ec_cert: str | None = None
     ec_key: str | None = None
+    acme: Acme | None = None
 
     @model_validator(mode="after")
     def _files_complete(self):
@@ -426,6 +448,18 @@ class Params(Model):
         if self.target.startswith("ssh://") and self.ssh is None:
             raise ValueError("target is ssh:// but no `ssh:` section names key_file and "
                              "known_hosts")
+        return self
+
+    @model_validator(mode="after")
+    def _acme_complete(self):
+        if self.tls.source != "acme":
+            return self
+        if self.tls.acme is None:
+            raise ValueError("tls.source acme needs a tls.acme section (server, ...)")
+        a = self.tls.acme
+        if (a.key_secret is None or a.rfc2136_server is None) and self.dns.update is None:
+            raise ValueError("tls.source acme validates by DNS-01: give tls.acme.rfc2136_server "
+                             "and key_secret (or dns.update, whose server and key it then uses)")
         return self
 
     @model_validator(mode="after")

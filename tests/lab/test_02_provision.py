@@ -85,7 +85,9 @@ def test_invalid_template_on_the_real_host_is_rolled_back(lab_up, lab_params, tm
     and unbound keeps answering."""
     from mailops.resources import Action
     bad = lab_params.model_copy(update={"resolver": lab_params.resolver.model_copy(
-        update={"extra_records": ["broken record without a type"]})})
+        update={"extra_records": ["broken record without a type"]}),
+        # local data (no DNS host): the record goes into unbound.conf
+        "lab": lab_params.lab.model_copy(update={"dns_host": None})})
     with Session(bad) as s:
         old = s.host.read_file("/etc/unbound/unbound.conf")
         plan = s.plan("10-base")
