@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--only", action="append", help="a step (repeatable)")
 
     prov = sub.add_parser("provision", help="run the provisioning notebooks through papermill")
-    prov.add_argument("--params", default=str(DEFAULT_PARAMS))
+    prov.add_argument("--params", nargs="+", default=[str(DEFAULT_PARAMS)],
+                      help="parameters file(s): several hosts are provisioned in parallel, "
+                           "each failing alone")
     prov.add_argument("--apply", action="store_true", help="apply the changes (default: dry run)")
     prov.add_argument("--only", action="append", help="a step (repeatable)")
     prov.add_argument("--notebooks", choices=["changed", "all"], default="changed",
@@ -86,6 +88,7 @@ def _lab(args) -> int:
              if spec_ is not None]
     if args.action == "up":
         lab.prepare_dns_host(params)          # first: the mail server's resolver asks it
+        lab.prepare_acme_ca(params)           # and certbot on it asks pebble there
         lab.up(spec)
         lab.prepare_backup_host(params)
         lab.prepare_old_imap_host(params)
@@ -160,13 +163,22 @@ def _plan(args) -> int:
 
 
 def _provision(args) -> int:
-    from .runner import provision
+    from .runner import provision, provision_many
 
-    summary = provision(args.params, apply=args.apply, only=args.only,
-                        notebooks=args.notebooks, verify=args.verify,
-                        log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
-    print(json.dumps(summary.to_json(), indent=2) if args.json else summary)
-    return 0 if summary.ok else 1
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    kw = dict(apply=args.apply, only=args.only, notebooks=args.notebooks, verify=args.verify)
+    if len(args.params) == 1:
+        summary = provision(args.params[0], log=log, **kw)
+        print(json.dumps(summary.to_json(), indent=2) if args.json else summary)
+        return 0 if summary.ok else 1
+    summaries = provision_many(args.params, log=log, **kw)
+    ok = all(s.ok for s in summaries)
+    if args.json:
+        print(json.dumps({"ok": ok, "hosts": [s.to_json() for s in summaries]}, indent=2))
+    else:
+        print("\n\n".join(str(s) for s in summaries))
+        print(f"\n{sum(s.ok for s in summaries)} of {len(summaries)} hosts ok")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

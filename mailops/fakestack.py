@@ -22,6 +22,8 @@ PACKAGE_DIRS = {
     "fail2ban": ("/etc/fail2ban", "/etc/fail2ban/filter.d", "/etc/fail2ban/jail.d"),
     "borgmatic": ("/etc/borgmatic",),
     "cron": ("/etc/cron.d",),
+    "ca-certificates": ("/usr/local/share", "/usr/local/share/ca-certificates"),
+    "certbot": ("/etc/letsencrypt",),
 }
 PACKAGE_SERVICES = {"unbound": ("unbound",), "cron": ("cron",), "postfix": ("postfix",),
                     "dovecot-core": ("dovecot",), "rspamd": ("rspamd",),
@@ -50,6 +52,83 @@ class StackCommands:
         self.flushed: list[str] = []                      # doveadm auth cache flush USER
         self.kicked: list[str] = []                       # doveadm kick USER
         self.borg_archives: list[str] = []
+        # certbot: lineage name -> {server, key_type, names, trusted, serial}
+        self.lineages: dict[str, dict] = {}
+        self.ca_bundle: bytes = b""                        # /etc/ssl/certs/ca-certificates.crt
+
+    # -- certbot, its deploy hook, the system's CA bundle --------------------------
+    def _cmd_acme_state(self, a, stdin):
+        out = []
+        for arg in a[4:]:
+            name, served = arg.split("=", 1)
+            lin = self.lineages.get(name)
+            if lin is None:
+                out.append(f"{name}\tmissing")
+                continue
+            full = self.files.get(f"/etc/letsencrypt/live/{name}/fullchain.pem")
+            deployed = full is not None and served in self.files and \
+                self.files[served].content == full.content
+            out.append("\t".join([name, "found", lin["server"], lin["key_type"],
+                                  ",".join(f"DNS:{n}" for n in lin["names"]),
+                                  "yes" if lin["trusted"] else "no",
+                                  "yes" if deployed else "no"]))
+        return 0, ("\n".join(out) + "\n").encode(), b""
+
+    def _cmd_certbot(self, a, stdin):
+        """certbot certonly as mailops calls it: the hook and credentials must be there
+        (certbot refuses a missing hook); a lineage is made (or renewed) and deployed."""
+        from .fakehost import FakeFile
+        from .resources.acme import CREDENTIALS, DEPLOY_HOOK
+        opt = {a[i]: a[i + 1] for i in range(len(a) - 1) if a[i].startswith("--")}
+        hook = self.files.get(opt.get("--deploy-hook", ""))
+        if hook is None or not hook.mode & 0o100:
+            return 1, b"", b"Unable to find deploy-hook command\n"
+        cred = self.files.get(opt.get("--dns-rfc2136-credentials", ""))
+        if cred is None or opt.get("--dns-rfc2136-credentials") != CREDENTIALS:
+            return 1, b"", b"File not found: credentials\n"
+        if b"dns_rfc2136_secret" not in cred.content:
+            return 1, b"", b"Missing property in credentials configuration file\n"
+        name = opt["--cert-name"]
+        lin = self.lineages.get(name)
+        if lin is not None and "--force-renewal" not in a and lin["server"] == opt["--server"]:
+            return 0, b"Certificate not yet due for renewal\n", b""
+        serial = (lin["serial"] + 1) if lin else 1
+        self.lineages[name] = {"server": opt["--server"], "key_type": opt["--key-type"],
+                               "names": [a[a.index("-d") + 1]], "trusted": True,
+                               "serial": serial}
+        live = f"/etc/letsencrypt/live/{name}"
+        for f in ("fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"):
+            self.files[f"{live}/{f}"] = FakeFile(f"{name} {f} {serial}\n".encode(), 0o600)
+        return self._deploy(live, DEPLOY_HOOK)
+
+    def _cmd_env(self, a, stdin):
+        from .resources.acme import DEPLOY_HOOK
+        if len(a) == 3 and a[1].startswith("RENEWED_LINEAGE=") and a[2] == DEPLOY_HOOK:
+            return self._deploy(a[1].split("=", 1)[1], DEPLOY_HOOK)
+        raise self._unexpected(a)
+
+    def _deploy(self, live, hook):
+        """The deploy hook: the lineage's files to the paths its case names."""
+        import re
+        from .fakehost import FakeFile
+        name = live.rsplit("/", 1)[1]
+        text = self.files[hook].content.decode()
+        m = re.search(rf"^  {re.escape(name)}\) cert=(\S+); key=(\S+) ;;$", text, re.M)
+        if m is None:
+            return 0, b"not a lineage of mailops\n", b""
+        cert, key = m.group(1), m.group(2)
+        self.files[cert] = FakeFile(self.files[f"{live}/fullchain.pem"].content, 0o644)
+        self.files[key] = FakeFile(self.files[f"{live}/privkey.pem"].content, 0o600)
+        return 0, b"", b""
+
+    def _cmd_ca_trusted(self, a, stdin):
+        f = self.files.get(a[4])
+        return (0 if f is not None and f.content and f.content in self.ca_bundle else 1), b"", b""
+
+    def _cmd_update_ca_certificates(self, a, stdin):
+        from .resources.acme import CA_TRUST
+        self.ca_bundle = self.files[CA_TRUST].content if CA_TRUST in self.files else b""
+        return 0, b"1 added, 0 removed; done.\n", b""
 
     # copies of a fake (copy.deepcopy) carry the database as SQL
     def __getstate__(self):

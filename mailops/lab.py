@@ -682,7 +682,7 @@ def prepare_dns_host(params, log=print) -> LabStatus | None:
     with SSHHost(spec.url, key_file=spec.key_file, known_hosts=spec.known_hosts) as h:
         h.run(["sh", "-c", INSTALL_KNOT], timeout=600)
         have = h.run(["cat", ZONES_LIST], check=False).out.split()
-        zones = sorted(dict.fromkeys([*have, *labmode.zones(params)]))
+        zones = sorted(dict.fromkeys([*have, *labmode.dns_host_zones(params)]))
         for z in zones:
             if not h.run(["test", "-s", f"/var/lib/knot/zones/{z}.zone"], check=False).ok:
                 h.write_file(f"/var/lib/knot/zones/{z}.zone",
@@ -700,6 +700,92 @@ def prepare_dns_host(params, log=print) -> LabStatus | None:
     pub.replace(records)
     log(f"lab {spec.name}: DNS host {ns} serving {', '.join(zones)}")
     return st
+
+
+# -- the lab's ACME CA: Debian's pebble on the DNS host -----------------------------------
+
+PEBBLE_CONF = """{{
+  "pebble": {{
+    "listenAddress": "0.0.0.0:14000",
+    "managementListenAddress": "0.0.0.0:15000",
+    "certificate": "/etc/pebble/api.crt",
+    "privateKey": "/etc/pebble/api.key",
+    "httpPort": 80,
+    "tlsPort": 443,
+    "ocspResponderURL": "",
+    "externalAccountBindingRequired": false
+  }}
+}}
+"""
+# pebble keeps everything in memory: its root is new at every start, so it is started
+# only when it is not running (certificates issued before a restart are issued again:
+# 20-tls sees that their chain no longer verifies)
+START_PEBBLE = r"""set -e
+if ! command -v pebble >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends pebble >/dev/null
+fi
+if ! pgrep -x pebble >/dev/null; then
+  PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 setsid pebble -config /etc/pebble/pebble.json \
+    -dnsserver 127.0.0.1:53 </dev/null >>/var/log/pebble.log 2>&1 &
+fi
+for i in $(seq 100); do
+  if (exec 3<>/dev/tcp/127.0.0.1/15000) 2>/dev/null; then exit 0; fi
+  sleep 0.1
+done
+echo "pebble did not listen on 15000: $(tail -5 /var/log/pebble.log)" >&2
+exit 1
+"""
+
+
+def prepare_acme_ca(params, log=print) -> Path | None:
+    """pebble on the DNS host, its API's certificate from the lab CA; writes
+    ``tls.acme.ca_file`` (pebble's current root and the lab CA) for the mail server and
+    verify to trust.  Nothing when the parameters do not use ACME."""
+    if params.tls.source != "acme" or params.tls.acme.ca_file is None:
+        return None
+    spec = dns_spec(params)
+    if spec is None:
+        raise LabError("tls.source acme in the lab needs lab.dns_host (pebble runs there)")
+    from . import pki
+    from .host import SSHHost
+    from .labmode import acme_name
+    issued = pki.ensure_issued(params.path(params.tls.ca_dir), acme_name(params), [spec.address])
+    with SSHHost(spec.url, key_file=spec.key_file, known_hosts=spec.known_hosts) as h:
+        h.run(["install", "-d", "-m", "0755", "/etc/pebble"])
+        h.write_file("/etc/pebble/api.crt", issued.rsa_cert + issued.ca_cert)
+        h.write_file("/etc/pebble/api.key", issued.rsa_key, mode="0600")
+        h.write_file("/etc/pebble/pebble.json", PEBBLE_CONF.format().encode())
+        h.run(["bash", "-c", START_PEBBLE], timeout=600)
+    root = _https_get(str(spec.address), 15000, acme_name(params), "/roots/0",
+                      issued.ca_cert)
+    out = params.path(params.tls.acme.ca_file)
+    bundle = issued.ca_cert + root
+    if not out.exists() or out.read_bytes() != bundle:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(bundle)
+    log(f"lab {spec.name}: ACME CA (pebble) at https://{acme_name(params)}:14000/dir; "
+        f"its root and the lab CA in {out}")
+    return out
+
+
+def _https_get(address: str, port: int, name: str, path: str, ca_pem: bytes) -> bytes:
+    """GET over TLS verified against ``ca_pem`` for ``name`` (the controller does not
+    resolve lab names: it connects to the address)."""
+    import http.client
+    import ssl
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    conn = http.client.HTTPSConnection(address, port, context=ctx, timeout=10)
+    conn.sock = ctx.wrap_socket(socket.create_connection((address, port), 10),
+                                server_hostname=name)
+    conn.request("GET", path, headers={"Host": f"{name}:{port}"})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    if r.status != 200:
+        raise LabError(f"https://{name}:{port}{path}: HTTP {r.status}")
+    return body
 
 
 def _ensure_keys(spec: LabSpec, local: LocalHost) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from .params import LAB_NETS
+
 from .render import render
 from .resources import Directory, File, Resource
 
@@ -38,9 +40,14 @@ RSPAMD_OFF = {
 }
 
 
+# the lab's own names (the gateway, the DNS host, the ACME CA) live in one domain,
+# whichever mail server's parameters bring the lab up
+LAB_DOMAIN = "lab.test"
+
+
 def gateway_name(p) -> str:
     """The lab gateway's name (this machine, where tests and verify connect from)."""
-    return f"gw.{p.hostname.split('.', 1)[1]}"
+    return f"gw.{LAB_DOMAIN}"
 
 
 def _reverse_zone(address) -> str:
@@ -60,6 +67,22 @@ def zones(p) -> list[str]:
     return sorted(dict.fromkeys(z.lower() for z in out))
 
 
+def stub_zones(p) -> list[str]:
+    """What the server's unbound asks the lab's DNS host: the top-level domains of the lab
+    zones (``test``: every lab host's domain, the second mail server's too) and the
+    reverse zones of the lab's networks."""
+    forward = {z.rsplit(".", 1)[-1] for z in zones(p) if not z.endswith(".arpa")}
+    reverse = {_reverse_zone(f"{net.network_address}") for net in LAB_NETS}
+    return sorted(forward) + sorted(reverse)
+
+
+def dns_host_zones(p) -> list[str]:
+    """The zones the lab's DNS host serves for these parameters: the lab zones and the
+    stub zones above them (``test.`` itself, so a name under no lab zone is NXDOMAIN, as
+    the internet would say, not a refusal)."""
+    return sorted(set(zones(p)) | set(stub_zones(p)) | {LAB_DOMAIN})
+
+
 def infrastructure_records(p) -> list[str]:
     """What the lab itself holds in DNS, not the mail server's records: the gateway's
     forward and reverse names (where tests and verify connect from), the DNS host's
@@ -72,12 +95,18 @@ def infrastructure_records(p) -> list[str]:
         if p.lab.dns_host is not None:
             ns = dns_host_name(p)
             records += [f"{ns}. 300 IN A {p.lab.dns_host.address}",
-                        f"{p.lab.dns_host.address.reverse_pointer}. 300 IN PTR {ns}."]
+                        f"{p.lab.dns_host.address.reverse_pointer}. 300 IN PTR {ns}.",
+                        # the lab's ACME CA (pebble) runs on the DNS host too
+                        f"{acme_name(p)}. 300 IN A {p.lab.dns_host.address}"]
     return records + list(p.resolver.extra_records)
 
 
 def dns_host_name(p) -> str:
-    return f"ns.{p.hostname.split('.', 1)[1]}"
+    return f"ns.{LAB_DOMAIN}"
+
+
+def acme_name(p) -> str:
+    return f"acme.{LAB_DOMAIN}"
 
 
 def dns(p) -> tuple[list[str], list[str]]:
@@ -102,7 +131,7 @@ def resolver(p) -> dict:
     if p.resolver.mode != "lab":
         return {"zones": [], "records": [], "stub": None}
     if p.lab is not None and p.lab.dns_host is not None:
-        return {"zones": zones(p), "records": [], "stub": str(p.lab.dns_host.address)}
+        return {"zones": stub_zones(p), "records": [], "stub": str(p.lab.dns_host.address)}
     z, records = dns(p)
     return {"zones": z, "records": records, "stub": None}
 

@@ -76,15 +76,45 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def provision_many(params_files, *, log: Callable[[str], None] = print,
+                   **kw) -> list[RunSummary]:
+    """Several hosts at once, one thread each (their notebooks run in processes of their
+    own): a host whose parameters are invalid, or whose run fails, fails alone; the others
+    go on.  Summaries in the order of the files."""
+    from concurrent.futures import ThreadPoolExecutor
+    files = [Path(f).resolve() for f in params_files]
+
+    def one(f: Path) -> RunSummary:
+        tag = f.stem
+        try:
+            return provision(f, log=lambda m: log(f"[{tag}] {m}"), tag=tag, **kw)
+        except Exception as exc:  # noqa: BLE001 - this host's failure, reported with it
+            return failed_summary(f, f"{type(exc).__name__}: {exc}", kw.get("apply", False),
+                                  kw.get("reports", REPORTS))
+    with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
+        return list(pool.map(one, files))
+
+
+def failed_summary(params_file: Path, error: str, apply: bool, reports: Path) -> RunSummary:
+    """A run that could not start (its parameters are invalid, its host unreachable)."""
+    run_dir = reports / "runs" / f"{_stamp()}-{params_file.stem}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(run_dir, str(params_file), "?", apply,
+                         (StepRecord("00-connect", Status.FAILED.value, 0, None, 0.0, error),),
+                         0.0)
+    (run_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    return summary
+
+
 def provision(params_file: str | Path, *, apply: bool = False, only: list[str] | None = None,
               notebooks: str = "changed", verify: bool = False, reports: Path = REPORTS,
-              log: Callable[[str], None] = print) -> RunSummary:
+              log: Callable[[str], None] = print, tag: str = "") -> RunSummary:
     """Run the provisioning steps; parameters are validated before connecting."""
     start = time.monotonic()
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
     steps = [get_step(n) for n in only] if only else list(STEPS)
-    run_dir = reports / "runs" / _stamp()
+    run_dir = reports / "runs" / (_stamp() + (f"-{tag}" if tag else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     records: list[StepRecord] = []
     with Session(params) as session:

@@ -99,8 +99,13 @@ class Target:
 
 
 def target_from(params) -> Target:
-    cafile = str(params.path(params.tls.ca_dir) / "ca.crt") if params.tls.source == "self-signed" \
-        else None
+    tls = params.tls
+    if tls.source == "self-signed":
+        cafile = str(params.path(tls.ca_dir) / "ca.crt")
+    elif tls.source == "acme" and tls.acme.ca_file is not None:
+        cafile = str(params.path(tls.acme.ca_file))       # a private ACME CA (the lab's pebble)
+    else:
+        cafile = None                                      # the system's CAs
     from ..labmode import gateway_name
     helo = gateway_name(params) if params.lab is not None else socket.getfqdn()
     return Target(str(params.addresses[0]), params.hostname, cafile,

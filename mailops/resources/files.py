@@ -250,11 +250,16 @@ class SecretFile(_LateFile):
     secret_ref: str = dataclasses.field(default="", repr=False)
     base_dir: Path = dataclasses.field(default=Path("."), repr=False)
     secret: bool = True
+    # the file's text around the secret ("{secret}"); empty: the secret alone
+    template: str = dataclasses.field(default="", repr=False)
     kind: ClassVar[str] = "secret file"
 
     def _data(self) -> bytes:
         from ..secrets import resolve
-        return resolve(self.secret_ref, self.base_dir).reveal().strip("\n").encode() + b"\n"
+        value = resolve(self.secret_ref, self.base_dir).reveal().strip("\n")
+        if self.template:
+            return self.template.replace("{secret}", value).encode()
+        return value.encode() + b"\n"
 
 
 @dataclasses.dataclass(frozen=True)

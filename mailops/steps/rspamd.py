@@ -11,7 +11,7 @@ from ..resources.rspamd import DKIM_DIR, ControllerPassword, DkimKey
 PACKAGES = ("rspamd", "redis-server", "openssl")
 LOCAL_FILES = ("options.inc", "actions.conf", "redis.conf", "classifier-bayes.conf",
                "history_redis.conf", "worker-proxy.inc", "worker-normal.inc",
-               "worker-controller.inc", "dkim_signing.conf", "milter_headers.conf")
+               "worker-controller.inc", "dkim_signing.conf", "milter_headers.conf", "dmarc.conf")
 
 
 # after a (re)start rspamd compiles its hyperscan caches (15 s on a first start):

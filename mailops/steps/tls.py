@@ -1,15 +1,22 @@
 """20-tls: an RSA and an EC certificate for the mail host name.
 
 ``self-signed`` (the lab): issued by a CA the controller creates once, so
-clients verify the server instead of switching checks off.  ``files``: paths of
-existing certificates on the server (an ACME client's), used as they are.
+clients verify the server instead of switching checks off.  ``acme``: issued by
+an ACME CA to certbot on the server (DNS-01 through RFC 2136), renewed by
+certbot's timer, installed by a deploy hook that checks them first
+(:mod:`mailops.resources.acme`).  ``files``: paths of existing certificates on the
+server, used as they are.
 """
 from __future__ import annotations
 
 from ..facts import dovecot_series
 from ..layout import TLS_DIR, tls_paths
 from ..pki import ensure_issued
-from ..resources import Directory, File, Resource, Service
+from ..render import render
+from ..resources import Directory, File, Packages, Resource, Service
+from ..resources.acme import (ACME_DIR, CA_TRUST, CREDENTIALS, DEPLOY_HOOK,
+                              AcmeCertificate)
+from ..resources.files import CopiedFile, SecretFile
 from .checks import POSTFIX_CHECK, dovecot_check
 
 
@@ -33,4 +40,45 @@ def declare(p, info) -> list[Resource]:
             File(paths["ec_cert"], issued.ec_cert, notify=notify),
             File(f"{TLS_DIR}/ca.crt", issued.ca_cert),
         ]
+    elif p.tls.source == "acme":
+        res += acme(p)
     return res + list(users(info))
+
+
+RFC2136_INI = """# managed by mailops: certbot's DNS-01 updates (RFC 2136, TSIG)
+dns_rfc2136_server = {server}
+dns_rfc2136_port = {port}
+dns_rfc2136_name = {name}
+dns_rfc2136_secret = {{secret}}
+dns_rfc2136_algorithm = {algorithm}
+"""
+# a private ACME CA's certificates in the server's trust (certbot reaches its API;
+# postfix and openssl verify what it issued); the probe: the bundle holds them
+CA_PROBE = ["sh", "-c", 'f=$1; [ -s "$f" ] && grep -qFf "$f" /etc/ssl/certs/ca-certificates.crt',
+            "ca_trusted", CA_TRUST]
+
+
+def acme(p) -> list[Resource]:
+    a, u = p.tls.acme, p.dns.update
+    paths = tls_paths(p)
+    res: list[Resource] = [
+        Packages(("certbot", "python3-certbot-dns-rfc2136", "openssl")),
+        Directory(ACME_DIR, mode="0700"),
+        SecretFile(CREDENTIALS, mode="0600", secret_ref=a.key_secret or u.key_secret,
+                   base_dir=p.base_dir, template=RFC2136_INI.format(
+                       server=a.rfc2136_server or u.server, port=a.rfc2136_port if
+                       a.rfc2136_server else u.port, name=a.key_name or u.key_name,
+                       algorithm=(u.algorithm if u and not a.key_secret else "hmac-sha256")
+                       .upper())),
+        File(DEPLOY_HOOK, render("usr/local/sbin/mailops-tls-deploy.j2", host=p.hostname,
+                                 kinds=[(k, paths[f"{k}_cert"], paths[f"{k}_key"])
+                                        for k in ("rsa", "ec")]), mode="0755"),
+    ]
+    if a.ca_file is not None:
+        res += [CopiedFile(CA_TRUST, source=p.path(a.ca_file), notify=("ca-certificates",)),
+                Service("ca-certificates", probe=tuple(CA_PROBE),
+                        start=("update-ca-certificates",))]
+    email = a.email or p.postmaster
+    res += [AcmeCertificate(p.hostname, k, paths[f"{k}_cert"], a.server, email, a.propagation_s)
+            for k in ("rsa", "ec")]
+    return res

@@ -35,6 +35,7 @@ def lab_spec(lab_params):
 @pytest.fixture(scope="session")
 def lab_up(lab_spec, lab_params):
     lab.prepare_dns_host(lab_params)         # the lab zones' authoritative server (lab6)
+    lab.prepare_acme_ca(lab_params)          # and the lab's ACME CA (pebble, on lab6)
     lab.up(lab_spec)
     lab.prepare_backup_host(lab_params)      # the borg repository host (lab3)
     lab.reset_egress_watch(lab_spec)         # test_99 checks no packet left the lab

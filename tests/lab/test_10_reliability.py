@@ -31,7 +31,7 @@ def run_testssl(address: str, port: int, starttls: str | None, ca: str, out) -> 
 def test_testssl_finds_nothing_high_or_critical(params, tmp_path):
     """Debian's testssl against every TLS port, the lab CA trusted: no HIGH or
     CRITICAL finding (aNULL ciphers were CRITICAL on 25/465/587), TLS >= 1.2."""
-    ca = str(params.path(params.tls.ca_dir) / "ca.crt")
+    ca = verify.target_from(params).cafile
     address = str(params.addresses[0])
     with ThreadPoolExecutor(len(TLS_PORTS)) as pool:
         found = dict(zip(TLS_PORTS, pool.map(

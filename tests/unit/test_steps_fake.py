@@ -239,3 +239,67 @@ def test_a_failed_write_that_was_rolled_back_leaves_nothing_pending(params):
     assert result.status is Status.FAILED and "No space left" in result.error
     assert not [p for p in fake.files if p.startswith("/var/lib/mailops/pending/")]
     assert Session(params, host=fake).plan("50-postfix").empty
+
+
+@pytest.fixture
+def acme_params(params, tmp_path):
+    """The example's server with ACME certificates: DNS-01 through dns.update's primary
+    and key, a private CA's bundle trusted on the server."""
+    (tmp_path / "secrets" / "tsig.yaml").write_text(yaml.safe_dump({"tsig": "dHNpZy1zZWNyZXQ="}))
+    os.chmod(tmp_path / "secrets" / "tsig.yaml", 0o600)
+    (tmp_path / "acme-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nfake root\n")
+    from mailops.params import Acme, Dns, DnsUpdate
+    return params.model_copy(update={
+        "dns": Dns(update=DnsUpdate(server="192.0.2.53",
+                                    key_secret=f"file:{tmp_path}/secrets/tsig.yaml#tsig")),
+        "tls": params.tls.model_copy(update={"source": "acme", "acme": Acme(
+            server="https://acme.example.net/dir", ca_file=tmp_path / "acme-ca.pem")})})
+
+
+def test_acme_certificates_issued_deployed_and_reissued_when_needed(acme_params):
+    from mailops.resources.acme import CA_TRUST, CREDENTIALS, DEPLOY_HOOK
+    fake = FakeHost()
+    s = converge(acme_params, fake, upto="30-users-db")
+    assert s.plan("20-tls").empty
+    certbot = [c for c in fake.commands if c[0] == "certbot"]
+    assert len(certbot) == 2 and {c[c.index("--key-type") + 1] for c in certbot} == {"rsa", "ecdsa"}
+    for c in certbot:
+        assert "dHNpZy1zZWNyZXQ=" not in " ".join(c)          # the TSIG key only in the file
+        assert c[c.index("--deploy-hook") + 1] == DEPLOY_HOOK and "--force-renewal" not in c
+    cred = fake.files[CREDENTIALS]
+    assert cred.mode == 0o600 and b"dns_rfc2136_secret = dHNpZy1zZWNyZXQ=" in cred.content
+    assert b"dns_rfc2136_server = 192.0.2.53" in cred.content
+    assert fake.files[DEPLOY_HOOK].mode == 0o755
+    assert fake.ca_bundle == fake.files[CA_TRUST].content          # update-ca-certificates ran
+    # the deploy hook installed each lineage where postfix and dovecot read it
+    assert fake.files["/etc/mailops/tls/rsa.crt"].content.startswith(b"mx1.example.com-rsa")
+    assert fake.files["/etc/mailops/tls/ec.key"].mode == 0o600
+    # a served file that is not the lineage's is deployed again (nothing issued)
+    fake.files["/etc/mailops/tls/ec.crt"].content = b"something else\n"
+    plan = s.plan("20-tls")
+    assert [c.reason for c in plan.changes][0].endswith("the deploy hook installs it")
+    fake.commands.clear()
+    assert s.apply(plan).ok and not [c for c in fake.commands if c[0] == "certbot"]
+    assert fake.files["/etc/mailops/tls/ec.crt"].content.startswith(b"mx1.example.com-ec")
+    # a chain that no longer verifies (the private CA was rebuilt): issued again, forced
+    fake.lineages["mx1.example.com-rsa"]["trusted"] = False
+    plan = s.plan("20-tls")
+    assert "does not verify" in plan.changes[0].reason
+    fake.commands.clear()
+    assert s.apply(plan).ok
+    (again,) = [c for c in fake.commands if c[0] == "certbot"]
+    assert "--force-renewal" in again and fake.lineages["mx1.example.com-rsa"]["serial"] == 2
+    assert s.plan("20-tls").empty
+
+
+def test_acme_without_its_deploy_hook_fails_and_serves_nothing_new(acme_params):
+    """certbot refuses a deploy hook that is not there: the step fails, no lineage."""
+    from mailops.resources.acme import DEPLOY_HOOK
+    fake = FakeHost()
+    s = converge(acme_params, fake, upto="20-tls")
+    plan = s.plan("20-tls")
+    hook = [c for c in plan.changes if c.target.endswith(DEPLOY_HOOK)]
+    plan = dataclasses.replace(plan, changes=tuple(c for c in plan.changes if c not in hook))
+    result = s.apply(plan)
+    assert not result.ok and "deploy-hook" in result.error
+    assert not fake.lineages and "/etc/mailops/tls/rsa.crt" not in fake.files

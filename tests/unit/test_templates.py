@@ -61,9 +61,11 @@ def test_lab_resolver_refuses_everything_but_lab_zones(root):
     assert "mx2.lab.test. 300 IN A 198.51.100.11" in records
     assert 'lab.test. 300 IN TXT "v=spf1 mx ip4:198.51.100.1 -all"' in records
     assert resolver(trixie)["stub"] is None
-    # with the lab's DNS host: the same zones, asked of it, and no local data
+    # with the lab's DNS host: the top-level lab zone and the lab's reverse
+    # zones are asked of it (so a peer's domain resolves too), no local data
     lab = resolver(load_params(root / "parameters" / "lab.yaml"))
-    assert lab == {"zones": zones, "records": [], "stub": "198.51.100.53"}
+    assert lab == {"zones": ["test", "100.51.198.in-addr.arpa", "113.0.203.in-addr.arpa"],
+                   "records": [], "stub": "198.51.100.53"}
     assert resolver(load_params(root / "parameters" / "example.yaml"))["zones"] == []
 
 
