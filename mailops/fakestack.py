@@ -78,7 +78,7 @@ class StackCommands:
         """certbot certonly as mailops calls it: the hook and credentials must be there
         (certbot refuses a missing hook); a lineage is made (or renewed) and deployed."""
         from .fakehost import FakeFile
-        from .resources.acme import CREDENTIALS, DEPLOY_HOOK
+        from .resources.acme import CA_TRUST, CREDENTIALS, DEPLOY_HOOK
         opt = {a[i]: a[i + 1] for i in range(len(a) - 1) if a[i].startswith("--")}
         hook = self.files.get(opt.get("--deploy-hook", ""))
         if hook is None or not hook.mode & 0o100:
@@ -88,6 +88,10 @@ class StackCommands:
             return 1, b"", b"File not found: credentials\n"
         if b"dns_rfc2136_secret" not in cred.content:
             return 1, b"", b"Missing property in credentials configuration file\n"
+        private = self.files.get(CA_TRUST)
+        if private is not None and private.content not in self.ca_bundle:
+            return 1, b"", (b"requests.exceptions.SSLError: certificate verify failed: "
+                            b"self-signed certificate in certificate chain\n")
         name = opt["--cert-name"]
         lin = self.lineages.get(name)
         if lin is not None and "--force-renewal" not in a and lin["server"] == opt["--server"]:
@@ -122,7 +126,7 @@ class StackCommands:
         return 0, b"", b""
 
     def _cmd_ca_trusted(self, a, stdin):
-        f = self.files.get(a[4])
+        f = self.files.get(a[-1])
         return (0 if f is not None and f.content and f.content in self.ca_bundle else 1), b"", b""
 
     def _cmd_update_ca_certificates(self, a, stdin):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from .. import labmode
 from ..render import render
 from ..resources import File, Link, Packages, Resource, Service
-from ..resources.files import ValidatedFile
+from ..resources.acme import CA_TRUST
+from ..resources.files import CopiedFile, ValidatedFile
 
 BASE_PACKAGES = ("ca-certificates", "netbase", "tzdata", "unbound", "nftables", "logrotate")
 LOG_WEEKS = 26           # mail logs kept (weekly, compressed) for the analysis notebooks
 NFT_CONF = "/etc/nftables.conf"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def declare(p, info) -> list[Resource]:
@@ -39,6 +41,7 @@ def declare(p, info) -> list[Resource]:
                       validate=("logrotate", "--debug", "{}")),
         *_updates(p),
         *sshd_files,
+        *_private_ca(p),
         Service("hostname", probe=("sh", "-c", '[ "$(hostname)" = "$1" ]', "hostname_is",
                                    p.hostname),
                 start=("hostname", p.hostname)),
@@ -47,6 +50,20 @@ def declare(p, info) -> list[Resource]:
         *_firewall_service(systemd),
         *sshd_service,
     ]
+
+
+# a private ACME CA's certificates in the server's trust, here and not in 20-tls: the
+# update runs at the end of a step, and certbot must trust the CA's API before 20-tls
+# asks it for certificates.  The probe: every line of the file is in the bundle.
+CA_PROBE = ("sh", "-c", f'f=$1; [ -s "$f" ] && ! grep -qvxFf {CA_BUNDLE} "$f"', "ca_trusted",
+            CA_TRUST)
+
+
+def _private_ca(p) -> list[Resource]:
+    if p.tls.source != "acme" or p.tls.acme is None or p.tls.acme.ca_file is None:
+        return []
+    return [CopiedFile(CA_TRUST, source=p.path(p.tls.acme.ca_file), notify=("ca-certificates",)),
+            Service("ca-certificates", probe=CA_PROBE, start=("update-ca-certificates",))]
 
 
 def _firewall_service(systemd: bool) -> list[Resource]:

@@ -14,9 +14,8 @@ from ..layout import TLS_DIR, tls_paths
 from ..pki import ensure_issued
 from ..render import render
 from ..resources import Directory, File, Packages, Resource, Service
-from ..resources.acme import (ACME_DIR, CA_TRUST, CREDENTIALS, DEPLOY_HOOK,
-                              AcmeCertificate)
-from ..resources.files import CopiedFile, SecretFile
+from ..resources.acme import ACME_DIR, CREDENTIALS, DEPLOY_HOOK, AcmeCertificate
+from ..resources.files import SecretFile
 from .checks import POSTFIX_CHECK, dovecot_check
 
 
@@ -52,10 +51,6 @@ dns_rfc2136_name = {name}
 dns_rfc2136_secret = {{secret}}
 dns_rfc2136_algorithm = {algorithm}
 """
-# a private ACME CA's certificates in the server's trust (certbot reaches its API;
-# postfix and openssl verify what it issued); the probe: the bundle holds them
-CA_PROBE = ["sh", "-c", 'f=$1; [ -s "$f" ] && grep -qFf "$f" /etc/ssl/certs/ca-certificates.crt',
-            "ca_trusted", CA_TRUST]
 
 
 def acme(p) -> list[Resource]:
@@ -74,10 +69,6 @@ def acme(p) -> list[Resource]:
                                  kinds=[(k, paths[f"{k}_cert"], paths[f"{k}_key"])
                                         for k in ("rsa", "ec")]), mode="0755"),
     ]
-    if a.ca_file is not None:
-        res += [CopiedFile(CA_TRUST, source=p.path(a.ca_file), notify=("ca-certificates",)),
-                Service("ca-certificates", probe=tuple(CA_PROBE),
-                        start=("update-ca-certificates",))]
     email = a.email or p.postmaster
     res += [AcmeCertificate(p.hostname, k, paths[f"{k}_cert"], a.server, email, a.propagation_s)
             for k in ("rsa", "ec")]
