@@ -134,18 +134,27 @@ def imap_login(t: Target, user: str) -> str:
 
 def find_and_delete(t: Target, user: str, token: str, wait: float = 15) -> bool:
     """Whether the message with ``token`` reached ``user``'s INBOX (then deleted)."""
+    return take(t, user, token, wait) is not None
+
+
+def take(t: Target, user: str, token: str, wait: float = 15,
+         folder: str = "INBOX") -> bytes | None:
+    """The message with ``token`` in ``user``'s ``folder`` as it was stored (then
+    deleted), or None when it did not come within ``wait`` seconds."""
     deadline = time.monotonic() + wait
     with t.imap(user) as m:
         while True:
-            typ, why = m.select("INBOX")
+            typ, why = m.select(folder)
             if typ != "OK":
-                raise imaplib.IMAP4.error(f"SELECT INBOX of {user}: {typ} {why}")
+                raise imaplib.IMAP4.error(f"SELECT {folder} of {user}: {typ} {why}")
             _, data = m.uid("SEARCH", None, "HEADER", "X-Mailops-Verify", token)
             uids = data[0].split()
             if uids:
+                _, got = m.uid("FETCH", uids[-1], "(BODY.PEEK[])")
+                raw = next(part[1] for part in got if isinstance(part, tuple))
                 m.uid("STORE", b",".join(uids), "+FLAGS.SILENT", r"(\Deleted)")
                 m.expunge()
-                return True
+                return raw
             if time.monotonic() > deadline:
-                return False
+                return None
             time.sleep(0.3)

@@ -87,23 +87,6 @@ def provision_json(*args) -> dict:
                              f"{proc.stderr[-3000:]}") from None
 
 
-def take_outbound(host, token: str, wait: float = 10) -> bytes:
-    """The lab's kept copy of the one outbound message carrying ``token``
-    (removed after reading)."""
-    import time
-    deadline = time.monotonic() + wait
-    while True:
-        found = host.run(["grep", "-rl", token, "/var/spool/mailops/outbound"],
-                         check=False).out.split()
-        if found or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert len(found) == 1, f"{len(found)} kept messages carry {token}"
-    kept = host.read_file(found[0])
-    host.run(["rm", "-f", found[0]])
-    return kept
-
-
 @pytest.fixture(scope="module")
 def trixie_lab(lab_up):
     """The Debian 13 lab host, provisioned; taken down after this module (test_99 expects

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json, take_outbound
+from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
 from mailops import verify
 from mailops.checks import smtp
 from mailops.params import load_params
@@ -192,15 +192,21 @@ def test_clients_check_the_certificate_against_the_host_name(provisioned):
         wrong.smtp(587)
 
 
-def test_lab_outbound_mail_stays_on_the_host(provisioned):
-    """Mail for another domain, submitted by a user, is kept in the lab's
-    outbound spool instead of leaving."""
+def test_outbound_mail_goes_by_dns_and_an_unknown_domain_is_refused(provisioned):
+    """With the lab's DNS, mail for other domains leaves as in production (direct to
+    MX): a domain that does not exist is refused at submission ("Domain not found",
+    450 as postfix's unknown_address_reject_code says), and so is one outside the lab
+    (its resolver refuses those names), and nothing is queued for either."""
+    assert provisioned.mail.outbound == "direct"
     t = verify.target_from(provisioned)
-    token = uuid.uuid4().hex
     with t.smtp(587) as s:
         s.login("alice@lab.test", t.passwords["alice@lab.test"].reveal())
-        assert not s.send_message(verify.message("alice@lab.test", "someone@example.com", token),
-                                  "alice@lab.test", ["someone@example.com"])
+        s.mail("alice@lab.test")
+        code, why = s.rcpt("someone@nowhere.test")
+        assert code == 450 and b"Domain not found" in why, (code, why)
+        code, why = s.rcpt("someone@example.com")
+        assert code == 450 and b"Domain not found" in why, (code, why)
+        s.rset()
     with Session(provisioned) as s:
-        kept = take_outbound(s.host, token)
-    assert b"X-Lab-Envelope-To: someone@example.com" in kept
+        queue = s.host.run(["postqueue", "-j"]).out
+    assert "nowhere.test" not in queue and "example.com" not in queue

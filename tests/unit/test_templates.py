@@ -83,10 +83,15 @@ def test_lab_only_resources_come_from_the_lab_module_alone(root):
     example = load_params(root / "parameters" / "example.yaml")
     lab = load_params(root / "parameters" / "lab.yaml")
     lab_paths = {"/etc/rspamd/local.d/rbl.conf", "/etc/rspamd/local.d/asn.conf",
-                 "/etc/rspamd/local.d/fuzzy_check.conf", "/etc/rspamd/local.d/multimap.conf",
-                 "/usr/local/lib/mailops/lab-outbound"}
+                 "/etc/rspamd/local.d/fuzzy_check.conf", "/etc/rspamd/local.d/multimap.conf"}
     paths = lambda p: {r.key for s in STEPS for r in s.resources(p, INFO)}  # noqa: E731
     assert not paths(example) & lab_paths
     assert lab_paths <= paths(lab)
     declared = {r.key for s in STEPS if s.declare for r in s.declare(lab, INFO)}
     assert not declared & lab_paths
+    # the outbound spool: only a lab without the lab's DNS keeps other domains' mail
+    spool = "/usr/local/lib/mailops/lab-outbound"
+    assert lab.mail.outbound == "direct" and spool not in paths(lab)
+    no_dns = lab.model_copy(update={"mail": lab.mail.model_copy(update={"outbound": "lab"})})
+    assert spool in paths(no_dns)
+    assert spool not in {r.key for s in STEPS if s.declare for r in s.declare(no_dns, INFO)}
