@@ -54,6 +54,8 @@ class StackCommands:
         self.borg_archives: list[str] = []
         # certbot: lineage name -> {server, key_type, names, trusted, serial}
         self.lineages: dict[str, dict] = {}
+        self.accounts: set[str] = set()                    # ACME servers with an account
+        self.forgotten_accounts: set[str] = set()          # ... that the server forgot
         self.ca_bundle: bytes = b""                        # /etc/ssl/certs/ca-certificates.crt
 
     # -- certbot, its deploy hook, the system's CA bundle --------------------------
@@ -74,6 +76,16 @@ class StackCommands:
                                   "yes" if deployed else "no"]))
         return 0, ("\n".join(out) + "\n").encode(), b""
 
+    def _cmd_acme_account(self, a, stdin):
+        """The account check before issuing: a server that forgot the account
+        (``forgotten_accounts``) has it moved aside, and certbot registers anew."""
+        server = a[4]
+        if server in self.forgotten_accounts:
+            self.forgotten_accounts.discard(server)
+            self.accounts.discard(server)
+            return 0, b"the account is unknown there: moved aside\n", b""
+        return 0, b"", b""
+
     def _cmd_certbot(self, a, stdin):
         """certbot certonly as mailops calls it: the hook and credentials must be there
         (certbot refuses a missing hook); a lineage is made (or renewed) and deployed."""
@@ -92,6 +104,9 @@ class StackCommands:
         if private is not None and private.content not in self.ca_bundle:
             return 1, b"", (b"requests.exceptions.SSLError: certificate verify failed: "
                             b"self-signed certificate in certificate chain\n")
+        if opt["--server"] in self.forgotten_accounts:
+            return 1, b"", b"An unexpected error occurred:\nAttributeError: can't set attribute\n"
+        self.accounts.add(opt["--server"])
         name = opt["--cert-name"]
         lin = self.lineages.get(name)
         if lin is not None and "--force-renewal" not in a and lin["server"] == opt["--server"]:

@@ -177,6 +177,7 @@ def status(spec: LabSpec, local: LocalHost | None = None) -> LabStatus:
 def up(spec: LabSpec, log=print) -> LabStatus:
     """Bring the lab up; a no-op when it is up, a rebuild when it is half-dead."""
     local = LocalHost()
+    fence(local)
     st = status(spec, local)
     if st.up:
         _ensure_egress_watch(spec, local)
@@ -206,6 +207,7 @@ def down(spec: LabSpec, purge: bool = False, log=print) -> None:
     """Stop what ``up`` started (by pid) and remove the namespace; ``purge``
     also removes the rootfs and keys."""
     local = LocalHost()
+    fence(local)
     _teardown(spec, local)
     others = [n for n in local.run(["ip", "netns", "list"]).out.split()
               if n.startswith("mailops-") and n != spec.netns]
@@ -275,6 +277,27 @@ def egress_packets(spec: LabSpec) -> int:
     """Packets from the lab to non-lab addresses since the watch was (re)made."""
     out = LocalHost().run(["nft", "list", "table", "inet", _watch_table(spec)]).out
     return parse_counters(out)
+
+
+# The fence: the documentation ranges are unreachable from this machine except
+# through a lab bridge.  Without it, a probe sent to a lab address while the lab
+# is down (after a reboot, say) would follow the default route out.  The
+# bridge's own connected route (metric 0) wins while the lab is up; the fence
+# (a high metric) is what is left when it is gone, and `down` leaves it.
+LAB_RANGES = ("198.51.100.0/24", "203.0.113.0/24")
+FENCE_METRIC = "4242"
+
+
+def fence(local: LocalHost | None = None) -> None:
+    local = local or LocalHost()
+    for net in LAB_RANGES:
+        local.run(["ip", "route", "replace", "unreachable", net, "metric", FENCE_METRIC])
+
+
+def fenced(local: LocalHost | None = None) -> bool:
+    local = local or LocalHost()
+    return all(f"unreachable {net}" in local.run(
+        ["ip", "route", "show", "table", "main", "type", "unreachable"]).out for net in LAB_RANGES)
 
 
 def _ensure_bridge(spec: LabSpec, local: LocalHost) -> None:
@@ -740,9 +763,11 @@ exit 1
 
 
 def prepare_acme_ca(params, log=print) -> Path | None:
-    """pebble on the DNS host, its API's certificate from the lab CA; writes
-    ``tls.acme.ca_file`` (pebble's current root and the lab CA) for the mail server and
-    verify to trust.  Nothing when the parameters do not use ACME."""
+    """pebble on the DNS host, its API's certificate from a CA of its own; writes
+    ``tls.acme.ca_file`` (pebble's current root and its API's CA) for the mail server and
+    verify to trust.  Not the lab CA: a mail server trusts what its ACME client needs
+    and no more (the old IMAP server's lab CA certificate stays untrusted there, as a
+    stranger's would be).  Nothing when the parameters do not use ACME."""
     if params.tls.source != "acme" or params.tls.acme.ca_file is None:
         return None
     spec = dns_spec(params)
@@ -751,10 +776,16 @@ def prepare_acme_ca(params, log=print) -> Path | None:
     from . import pki
     from .host import SSHHost
     from .labmode import acme_name
-    issued = pki.ensure_issued(params.path(params.tls.ca_dir), acme_name(params), [spec.address])
+    api_ca = params.path(params.tls.acme.ca_file).parent / "acme-api-ca"
+    issued = pki.ensure_issued(api_ca, acme_name(params), [spec.address],
+                               ca_name="mailops lab ACME API CA")
     with SSHHost(spec.url, key_file=spec.key_file, known_hosts=spec.known_hosts) as h:
         h.run(["install", "-d", "-m", "0755", "/etc/pebble"])
-        h.write_file("/etc/pebble/api.crt", issued.rsa_cert + issued.ca_cert)
+        api_crt = issued.rsa_cert + issued.ca_cert
+        if h.run(["cat", "/etc/pebble/api.crt"], check=False).stdout != api_crt:
+            h.run(["sh", "-c", "pkill -x pebble; for i in $(seq 100); do "          # it serves
+                   "pgrep -x pebble >/dev/null || exit 0; sleep 0.1; done"], check=False)  # the new one
+        h.write_file("/etc/pebble/api.crt", api_crt)
         h.write_file("/etc/pebble/api.key", issued.rsa_key, mode="0600")
         h.write_file("/etc/pebble/pebble.json", PEBBLE_CONF.format().encode())
         h.run(["bash", "-c", START_PEBBLE], timeout=600)
@@ -766,7 +797,7 @@ def prepare_acme_ca(params, log=print) -> Path | None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(bundle)
     log(f"lab {spec.name}: ACME CA (pebble) at https://{acme_name(params)}:14000/dir; "
-        f"its root and the lab CA in {out}")
+        f"its root and its API's CA in {out}")
     return out
 
 

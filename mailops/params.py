@@ -415,6 +415,38 @@ class Migration(Model):
     mailboxes: list[MigrationMailbox] = Field(default_factory=list)
 
 
+class RemoteMailbox(Model):
+    """A mailbox on another mail server: verify sends to it (from this server's first
+    mailbox, through 587) and reads it back there over IMAPS, proof that mail from here
+    arrives signed and checked (DKIM, SPF and DMARC pass at the other side) over TLS."""
+    address: Address
+    imap: Annotated[str, Field(pattern=r"^imaps://[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+                               description="imaps://host[:port]: its IMAP server, the name "
+                                           "its certificate carries")]
+    dial: ipaddress.IPv4Address | ipaddress.IPv6Address | None = Field(
+        None, description="connect to this address (the certificate is still checked "
+                          "against the imap host's name); default: the name, resolved")
+    password: SecretRef = Field(description="file:PATH[#key] or env:NAME")
+    ca_file: Path | None = Field(None, description="the CA of its certificate (default: "
+                                                   "this machine's system CAs)")
+    wait_s: Annotated[int, Field(ge=5, le=900)] = 60
+
+    @property
+    def imap_host(self) -> str:
+        return self.imap.removeprefix("imaps://").rsplit(":", 1)[0]
+
+    @property
+    def imap_port(self) -> int:
+        rest = self.imap.removeprefix("imaps://")
+        return int(rest.rsplit(":", 1)[1]) if ":" in rest else 993
+
+
+class Verify(Model):
+    remote_mailboxes: list[RemoteMailbox] = Field(
+        default_factory=list, description="mailboxes elsewhere that verify sends to and "
+                                          "reads back: mail from here to the internet")
+
+
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
     ssh: SSH | None = None
@@ -440,6 +472,7 @@ class Params(Model):
     lab: Lab | None = None
     migration: Migration | None = None
     insight: Insight = Insight()
+    verify: Verify = Verify()
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")
 

@@ -48,13 +48,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _ensure_ca(d: Path):
+def _ensure_ca(d: Path, common_name: str = "mailops lab CA"):
     key_path, crt_path = d / "ca.key", d / "ca.crt"
     if key_path.exists() and crt_path.exists():
         return (serialization.load_pem_private_key(key_path.read_bytes(), None),
                 x509.load_pem_x509_certificate(crt_path.read_bytes()))
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailops lab CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(_now() - dt.timedelta(minutes=5))
@@ -118,10 +118,11 @@ def _issue(kind: str, ca_key, ca_cert, hostname: str, sans):
     return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
-def ensure_issued(ca_dir: Path, hostname: str, addresses) -> Issued:
+def ensure_issued(ca_dir: Path, hostname: str, addresses,
+                  ca_name: str = "mailops lab CA") -> Issued:
     """The CA and both certificates, created or renewed as needed."""
     ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca_key, ca_cert = _ensure_ca(ca_dir)
+    ca_key, ca_cert = _ensure_ca(ca_dir, ca_name)
     sans = _sans(hostname, addresses)
     out = {}
     for kind in ("rsa", "ec"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -76,21 +77,56 @@ class RunSummary:
         return "\n".join(lines)
 
 
+class Rendezvous:
+    """Where the hosts of one run wait for each other before their checks: a host's
+    verify may send mail to another host of the run (``verify.remote_mailboxes``), so
+    it starts when every host has been built or has stopped.  Each host arrives once;
+    one that stops early arrives without waiting."""
+
+    def __init__(self, hosts: int, timeout: float = 3600):
+        self.pending, self.timeout = hosts, timeout
+        self.cond = threading.Condition()
+
+    def arrive(self, wait: bool = True) -> None:
+        with self.cond:
+            self.pending -= 1
+            self.cond.notify_all()
+            if wait:
+                self.cond.wait_for(lambda: self.pending <= 0, timeout=self.timeout)
+
+
+class _Ticket:
+    """One host's arrival (idempotent)."""
+
+    def __init__(self, rendezvous: Rendezvous | None):
+        self.rendezvous, self.done = rendezvous, False
+
+    def arrive(self, wait: bool = True) -> None:
+        if self.rendezvous is not None and not self.done:
+            self.done = True
+            self.rendezvous.arrive(wait)
+
+
 def provision_many(params_files, *, log: Callable[[str], None] = print,
                    **kw) -> list[RunSummary]:
     """Several hosts at once, one thread each (their notebooks run in processes of their
     own): a host whose parameters are invalid, or whose run fails, fails alone; the others
-    go on.  Summaries in the order of the files."""
+    go on; each host's checks start when every host is built.  Summaries in the order of
+    the files."""
     from concurrent.futures import ThreadPoolExecutor
     files = [Path(f).resolve() for f in params_files]
+    meet = Rendezvous(len(files)) if len(files) > 1 else None
 
     def one(f: Path) -> RunSummary:
         tag = f.stem
+        ticket = _Ticket(meet)
         try:
-            return provision(f, log=lambda m: log(f"[{tag}] {m}"), tag=tag, **kw)
+            return provision(f, log=lambda m: log(f"[{tag}] {m}"), tag=tag, ticket=ticket, **kw)
         except Exception as exc:  # noqa: BLE001 - this host's failure, reported with it
             return failed_summary(f, f"{type(exc).__name__}: {exc}", kw.get("apply", False),
                                   kw.get("reports", REPORTS))
+        finally:
+            ticket.arrive(wait=False)
     with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
         return list(pool.map(one, files))
 
@@ -108,7 +144,8 @@ def failed_summary(params_file: Path, error: str, apply: bool, reports: Path) ->
 
 def provision(params_file: str | Path, *, apply: bool = False, only: list[str] | None = None,
               notebooks: str = "changed", verify: bool = False, reports: Path = REPORTS,
-              log: Callable[[str], None] = print, tag: str = "") -> RunSummary:
+              log: Callable[[str], None] = print, tag: str = "",
+              ticket: _Ticket | None = None) -> RunSummary:
     """Run the provisioning steps; parameters are validated before connecting."""
     start = time.monotonic()
     params_file = Path(params_file).resolve()
@@ -131,6 +168,9 @@ def provision(params_file: str | Path, *, apply: bool = False, only: list[str] |
                                               None, ("nothing changed; --verify runs it",)))
                     log(f"[{step.name}] skipped: nothing changed (--verify runs it anyway)")
                     continue
+                if ticket is not None and not ticket.done:
+                    log(f"[{step.name}] waiting for the run's other hosts to be built")
+                    ticket.arrive()
                 rec = _run_notebook(step, params_file, apply, run_dir, time.monotonic())
             else:
                 rec = _run_step(session, step, params_file, apply, notebooks, run_dir,

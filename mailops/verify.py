@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Callable
 
-from .checks import dkim, dns, server, smtp, tls
+from .checks import dkim, dns, peer, server, smtp, tls
 from .checks.clients import Target, find_and_delete, imap_login, message, target_from
 from .checks.result import Check, CheckFailed, CheckReport, check, require, run_parallel
 from .checks.smtp import GTUBE
@@ -62,6 +62,8 @@ def client_checks(params, t: Target) -> list[tuple[str, Callable[[], str]]]:
             lambda n=name, e=ending: smtp.smuggling(t, user, n, e))
     if params.rspamd.enabled:
         add("spam (GTUBE) refused at SMTP time", lambda: smtp.gtube_refused(t, user))
+    for remote in params.verify.remote_mailboxes:
+        add(f"mx to mx {remote.address}", lambda r=remote: peer.arrives(t, params, user, r))
     return todo
 
 

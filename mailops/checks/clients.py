@@ -68,6 +68,7 @@ class Target:
     cafile: str | None
     passwords: dict[str, Secret] = dataclasses.field(repr=False)
     helo: str = "verify.mailops"      # the name this client gives in EHLO
+    imap_port: int = 993
 
     def context(self, ciphers: str | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.cafile)
@@ -95,7 +96,8 @@ class Target:
         return m
 
     def imap_connect(self) -> imaplib.IMAP4_SSL:
-        return IMAPS(self.address, 993, self.hostname, ssl_context=self.context(), timeout=15)
+        return IMAPS(self.address, self.imap_port, self.hostname, ssl_context=self.context(),
+                     timeout=15)
 
 
 def target_from(params) -> Target:

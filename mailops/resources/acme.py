@@ -45,6 +45,25 @@ done
 """
 
 
+# Before issuing: the account certbot holds for the server must still exist there (a CA
+# that was reset, an account deactivated).  certbot 2.1 (Debian 12) hides the CA's
+# `accountDoesNotExist` behind an AttributeError, so its log is read; an unknown account
+# is moved aside (kept, never deleted) and certbot registers a new one.
+ACME_ACCOUNT = r"""server=$1
+dir=/etc/letsencrypt/accounts/${server#*://}
+[ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ] || exit 0
+certbot show_account --non-interactive --server "$server" >/dev/null 2>&1 && exit 0
+log=/var/log/letsencrypt/letsencrypt.log
+if tail -n 300 "$log" 2>/dev/null | grep -q 'accountDoesNotExist'; then
+  aside=/etc/letsencrypt/accounts-unknown/$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$aside" && chmod 700 /etc/letsencrypt/accounts-unknown
+  mv "$dir" "$aside/"
+  echo "the account for $server is unknown there: moved to $aside; certbot registers anew"
+fi
+exit 0
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class LineageFact:
     state: str                      # found, missing
@@ -140,5 +159,6 @@ class AcmeCertificate(Resource):
         if self.deploy_only:
             host.run(["env", f"RENEWED_LINEAGE={LIVE}/{self.name}", DEPLOY_HOOK], timeout=120)
             return
+        host.run(["sh", "-c", ACME_ACCOUNT, "acme_account", self.server], timeout=120)
         host.run(self.certbot_argv(), timeout=600)
 

@@ -44,10 +44,22 @@ def test_connect_notebook_shows_the_host(lab_up):
 
 
 def changed_params(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load(LAB_PARAMS.read_text())
+    """lab.yaml with ``changes``, written elsewhere: its relative paths (keys, CA files,
+    secrets' file: references) made absolute, so they still name the same files."""
     base = LAB_PARAMS.parent
-    data["ssh"] = {k: str((base / v).resolve()) for k, v in data["ssh"].items()}
-    data["lab"]["state_dir"] = str((base / data["lab"]["state_dir"]).resolve())
+
+    def absolute(value):
+        if isinstance(value, dict):
+            return {k: absolute(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if isinstance(value, str):
+            scheme, sep, rest = value.rpartition(":") if value.startswith("file:") else ("", "", value)
+            if rest.startswith("../") or rest.startswith("./"):
+                return ("file:" if scheme else "") + str((base / rest).resolve())
+        return value
+
+    data = absolute(yaml.safe_load(LAB_PARAMS.read_text()))
     data.update(changes)
     out = tmp_path / "changed.yaml"
     out.write_text(yaml.safe_dump(data))

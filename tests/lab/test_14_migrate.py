@@ -22,7 +22,7 @@ import yaml
 
 from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
 from mailops import lab, manage, pki
-from mailops.checks.clients import IMAPS
+from mailops.checks.clients import IMAPS, target_from
 from mailops.host import SSHHost
 from mailops.session import Session
 
@@ -63,7 +63,7 @@ def connect_old(old):
 
 def connect_new(p):
     return IMAPS(str(p.addresses[0]), 993, p.hostname,
-                 ssl_context=_context(p.path(p.tls.ca_dir) / "ca.crt"), timeout=30)
+                 ssl_context=_context(target_from(p).cafile), timeout=30)
 
 
 def read_mailbox(m, user, password) -> dict:

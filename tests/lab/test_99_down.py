@@ -1,8 +1,14 @@
 """`lab down` stops exactly what `up` started and leaves nothing behind."""
+import errno
 import json
+import socket
+from pathlib import Path
 
 from mailops import lab
 from mailops.host import LocalHost
+from mailops.params import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_packet_left_the_lab_during_the_run(lab_up):
@@ -16,10 +22,11 @@ def test_no_packet_left_the_lab_during_the_run(lab_up):
 def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up
-    for peer in (lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
+    second_mx = lab.LabSpec.from_params(load_params(ROOT / "parameters" / "lab-peer.yaml"))
+    for peer in (second_mx, lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
                  lab.dns_spec(lab_params)):
-        # the borg repository host, the old IMAP server and the DNS host first: the
-        # bridge is shared
+        # the second mail server, the borg repository host, the old IMAP server and the
+        # DNS host first: the bridge is shared
         if lab.status(peer).state == "down":
             continue
         peer_pid = json.loads(peer.state_file.read_text())["ns"]["pid"]
@@ -38,3 +45,10 @@ def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     assert not local.run(["ip", "link", "show", lab_up.bridge], check=False).ok
     assert lab.status(lab_up).state == "down"
     assert not any(f"{lab_up.rootfs}/" in line for line in open("/proc/mounts"))
+    # the fence stays: with the lab gone, its addresses are unreachable from here rather
+    # than sent along the default route
+    assert lab.fenced(local)
+    with socket.socket() as probe:
+        probe.settimeout(5)
+        assert probe.connect_ex((str(lab_up.address), 22)) in (errno.EHOSTUNREACH,
+                                                                errno.ENETUNREACH)

@@ -4,7 +4,9 @@ import ast
 import subprocess
 import sys
 
-from mailops.checks.result import Check, CheckReport, check, require
+import pytest
+
+from mailops.checks.result import Check, CheckFailed, CheckReport, check, require
 
 
 def test_no_assert_statement_in_mailops(root):
@@ -72,3 +74,79 @@ def test_pending_updates_and_sshd_parsers():
     assert parse_pending("auto 0 no\n") == (False, [], [])
     conf = parse_sshd("port 22\npasswordauthentication yes\nkbdinteractiveauthentication no\n")
     assert conf["passwordauthentication"] == "yes" and conf["port"] == "22"
+
+
+# -- mail to another server (verify.remote_mailboxes) --------------------------------
+
+RSPAMD_AR = ("mx.peer.test;\n\tdkim=pass header.d=lab.test header.s=mail header.b=AbC;\n"
+             "\tspf=pass (mx.peer.test: domain of alice@lab.test designates 198.51.100.10 as "
+             "permitted sender) smtp.mailfrom=alice@lab.test;\n"
+             "\tdmarc=pass (policy=quarantine) header.from=lab.test")
+
+
+def mail(*headers: tuple[str, str]):
+    import email
+    import email.policy
+    raw = "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\nbody\r\n"
+    return email.message_from_string(raw, policy=email.policy.default)
+
+
+def test_authentication_results_are_read_as_the_receiver_wrote_them():
+    from mailops.checks.peer import auth_results, verdict
+    assert [(m, r) for m, r, _ in auth_results(RSPAMD_AR)] == [
+        ("dkim", "pass"), ("spf", "pass"), ("dmarc", "pass")]
+    assert auth_results(RSPAMD_AR)[0][2]["header.d"] == "lab.test"
+    assert verdict(mail(("Authentication-Results", RSPAMD_AR)), "lab.test") == {
+        "dkim": "pass", "spf": "pass", "dmarc": "pass"}
+    # a signature by another domain does not count for the sender's
+    other = RSPAMD_AR.replace("header.d=lab.test", "header.d=relay.example")
+    assert verdict(mail(("Authentication-Results", other)), "lab.test")["dkim"] == "none"
+    # the receiver's own header is the topmost; an older one below does not speak for it
+    failed = RSPAMD_AR.replace("dmarc=pass", "dmarc=fail").replace("spf=pass", "spf=fail")
+    v = verdict(mail(("Authentication-Results", failed), ("Authentication-Results", RSPAMD_AR)),
+                "lab.test")
+    assert v == {"dkim": "pass", "spf": "fail", "dmarc": "fail"}
+    with pytest.raises(CheckFailed, match="no Authentication-Results"):
+        verdict(mail(("Subject", "x")), "lab.test")
+
+
+def test_the_hop_from_here_must_be_over_tls():
+    from mailops.checks.peer import tls_hop
+    hop = ("from mx1.lab.test (mx1.lab.test [198.51.100.10])\n\t(using TLSv1.3 with cipher "
+           "TLS_AES_256_GCM_SHA384 (256/256 bits))\n\tby mx.peer.test (Postfix) with ESMTPS")
+    lmtp = "from mx.peer.test ([127.0.0.1]) by mx.peer.test with LMTP"
+    assert tls_hop(mail(("Received", lmtp), ("Received", hop)), "mx1.lab.test") == "TLSv1.3"
+    clear = "from mx1.lab.test (mx1.lab.test [198.51.100.10]) by mx.peer.test with ESMTP"
+    assert tls_hop(mail(("Received", clear)), "mx1.lab.test") == ""
+    assert tls_hop(mail(("Received", lmtp)), "mx1.lab.test") is None
+    assert tls_hop(mail(("Received", hop)), "mx1.lab") is None          # a name, not a prefix
+
+
+def test_a_run_s_hosts_meet_before_their_checks_and_an_early_stop_does_not_block():
+    import threading
+    import time
+    from mailops.runner import Rendezvous, _Ticket
+    meet = Rendezvous(3, timeout=10)
+    order = []
+
+    def host(name, delay, stops_early):
+        ticket = _Ticket(meet)
+        try:
+            time.sleep(delay)
+            if stops_early:
+                return                           # failed before its checks
+            ticket.arrive()
+            order.append((name, time.monotonic()))
+        finally:
+            ticket.arrive(wait=False)
+            ticket.arrive(wait=False)            # idempotent
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=host, args=a) for a in
+               (("fast", 0.0, False), ("slow", 0.3, False), ("broken", 0.1, True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert sorted(n for n, _ in order) == ["fast", "slow"]
+    assert all(at - t0 >= 0.29 for _, at in order)      # the fast one waited for the slow
+    assert meet.pending == 0

@@ -132,3 +132,19 @@ def test_yaml_error_does_not_quote_the_line(tmp_path):
     with pytest.raises(ParamsError) as exc:
         load_params(f)
     assert SECRET not in str(exc.value) and "not valid YAML at line" in str(exc.value)
+
+
+def test_remote_mailbox_for_verify(good):
+    from mailops.params import parse_params
+    good["verify"] = {"remote_mailboxes": [{"address": "carol@peer.example",
+                                            "imap": "imaps://imap.peer.example:9993",
+                                            "password": "env:PEER_PW"}]}
+    (r,) = parse_params(good, "test.yaml").verify.remote_mailboxes
+    assert (r.imap_host, r.imap_port, r.dial, r.wait_s) == ("imap.peer.example", 9993, None, 60)
+    for field, value, why in (("imap", "imap://imap.peer.example", "imaps://"),
+                              ("password", "hunter2-literal", "file:"),
+                              ("dial", "not-an-address", "dial")):
+        bad = {**good["verify"]["remote_mailboxes"][0], field: value}
+        msg = errors({**good, "verify": {"remote_mailboxes": [bad]}})
+        assert "verify.remote_mailboxes.0." + field in msg and why in msg, msg
+        assert "hunter2-literal" not in msg

@@ -281,12 +281,16 @@ def test_acme_certificates_issued_deployed_and_reissued_when_needed(acme_params)
     fake.commands.clear()
     assert s.apply(plan).ok and not [c for c in fake.commands if c[0] == "certbot"]
     assert fake.files["/etc/mailops/tls/ec.crt"].content.startswith(b"mx1.example.com-ec")
-    # a chain that no longer verifies (the private CA was rebuilt): issued again, forced
+    # a chain that no longer verifies (the private CA was rebuilt, and forgot the account
+    # certbot holds there): the account is checked first, then the lineage issued, forced
     fake.lineages["mx1.example.com-rsa"]["trusted"] = False
+    fake.forgotten_accounts.add("https://acme.example.net/dir")
     plan = s.plan("20-tls")
     assert "does not verify" in plan.changes[0].reason
     fake.commands.clear()
     assert s.apply(plan).ok
+    names = [c[3] if c[0] == "sh" else c[0] for c in fake.commands]
+    assert names.index("acme_account") < names.index("certbot")
     (again,) = [c for c in fake.commands if c[0] == "certbot"]
     assert "--force-renewal" in again and fake.lineages["mx1.example.com-rsa"]["serial"] == 2
     assert s.plan("20-tls").empty
