@@ -11,7 +11,7 @@ import shlex
 from ..facts import borgmatic_series
 from ..layout import BACKUP, VHOSTS
 from ..render import render
-from ..resources import Directory, File, Packages, Resource, Service
+from ..resources import Directory, File, Packages, Resource
 from ..resources.borg import BorgKeyCopy, BorgRepository
 from ..resources.files import CopiedFile, SecretFile, ValidatedFile
 from ..resources.maildb import DB_PATH

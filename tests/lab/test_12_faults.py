@@ -4,8 +4,6 @@ step.  Each ends with a clear error, the old files intact, the server running a
 configuration that passed its check, and the next run finishing the job."""
 import json
 
-import pytest
-
 from conftest import LAB_PARAMS, provision_json
 from mailops import lab
 from mailops.host import HostError
