@@ -177,7 +177,7 @@ def status(spec: LabSpec, local: LocalHost | None = None) -> LabStatus:
 def up(spec: LabSpec, log=print) -> LabStatus:
     """Bring the lab up; a no-op when it is up, a rebuild when it is half-dead."""
     local = LocalHost()
-    fence(local)
+    fence(spec.network, local)
     st = status(spec, local)
     if st.up:
         _ensure_egress_watch(spec, local)
@@ -207,7 +207,7 @@ def down(spec: LabSpec, purge: bool = False, log=print) -> None:
     """Stop what ``up`` started (by pid) and remove the namespace; ``purge``
     also removes the rootfs and keys."""
     local = LocalHost()
-    fence(local)
+    fence(spec.network, local)
     _teardown(spec, local)
     others = [n for n in local.run(["ip", "netns", "list"]).out.split()
               if n.startswith("mailops-") and n != spec.netns]
@@ -279,25 +279,24 @@ def egress_packets(spec: LabSpec) -> int:
     return parse_counters(out)
 
 
-# The fence: the documentation ranges are unreachable from this machine except
-# through a lab bridge.  Without it, a probe sent to a lab address while the lab
-# is down (after a reboot, say) would follow the default route out.  The
-# bridge's own connected route (metric 0) wins while the lab is up; the fence
-# (a high metric) is what is left when it is gone, and `down` leaves it.
-LAB_RANGES = ("198.51.100.0/24", "203.0.113.0/24")
+# The fence: a lab's network is unreachable from this machine except through its
+# bridge.  Without it, a probe sent to a lab address while the lab is down (after a
+# reboot, say) would follow the default route out.  The bridge's own connected route
+# (metric 0) wins while the lab is up; the fence (a high metric) is what is left when it
+# is gone, and `down` leaves it.  Only the lab's own /24 is fenced: this machine may
+# reach its package mirrors at other documentation-range addresses.
 FENCE_METRIC = "4242"
 
 
-def fence(local: LocalHost | None = None) -> None:
+def fence(network, local: LocalHost | None = None) -> None:
     local = local or LocalHost()
-    for net in LAB_RANGES:
-        local.run(["ip", "route", "replace", "unreachable", net, "metric", FENCE_METRIC])
+    local.run(["ip", "route", "replace", "unreachable", str(network), "metric", FENCE_METRIC])
 
 
-def fenced(local: LocalHost | None = None) -> bool:
+def fenced(network, local: LocalHost | None = None) -> bool:
     local = local or LocalHost()
-    return all(f"unreachable {net}" in local.run(
-        ["ip", "route", "show", "table", "main", "type", "unreachable"]).out for net in LAB_RANGES)
+    return f"unreachable {network} " in local.run(
+        ["ip", "route", "show", "table", "main", "type", "unreachable"]).out + " "
 
 
 def _ensure_bridge(spec: LabSpec, local: LocalHost) -> None:

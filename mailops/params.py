@@ -269,6 +269,13 @@ class Mail(Model):
     mailboxes: list[Mailbox] = Field(default_factory=list)
     aliases: list[Alias] = Field(default_factory=list)
     catch_all: dict[FQDN, Address] = Field(default_factory=dict)
+    # per-destination TLS for outbound mail (postfix smtp_tls_policy_maps): partners whose
+    # MX must present a certificate that verifies, or the mail waits in the queue.
+    # secure: the chain and the name (the domain or a name under it); verify: the chain
+    # and the MX's name; encrypt: TLS, any certificate; dane: DANE where the domain
+    # publishes TLSA over DNSSEC; may: opportunistic (the default for everyone else)
+    tls_policy: dict[FQDN, Literal["none", "may", "encrypt", "dane", "dane-only", "verify",
+                                   "secure"]] = Field(default_factory=dict)
 
 
 class Rspamd(Model):

@@ -47,7 +47,7 @@ def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     assert not any(f"{lab_up.rootfs}/" in line for line in open("/proc/mounts"))
     # the fence stays: with the lab gone, its addresses are unreachable from here rather
     # than sent along the default route
-    assert lab.fenced(local)
+    assert lab.fenced(lab_up.network, local)
     with socket.socket() as probe:
         probe.settimeout(5)
         assert probe.connect_ex((str(lab_up.address), 22)) in (errno.EHOSTUNREACH,

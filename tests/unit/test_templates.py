@@ -95,3 +95,19 @@ def test_lab_only_resources_come_from_the_lab_module_alone(root):
     no_dns = lab.model_copy(update={"mail": lab.mail.model_copy(update={"outbound": "lab"})})
     assert spool in paths(no_dns)
     assert spool not in {r.key for s in STEPS if s.declare for r in s.declare(no_dns, INFO)}
+
+
+def test_tls_policy_renders_one_inline_map_and_bad_levels_are_refused(root):
+    import yaml
+    from mailops.params import ParamsError, parse_params
+    data = yaml.safe_load((root / "parameters" / "example.yaml").read_text())
+    data["mail"]["tls_policy"] = {"partner.example": "secure", "bank.example": "dane-only"}
+    params = parse_params(data, base_dir=root / "parameters")
+    (main_cf,) = [r for step in STEPS for r in step.resources(params, INFO)
+                  if isinstance(r, File) and r.path == "/etc/postfix/main.cf"]
+    lines = main_cf.content.decode().splitlines()
+    assert "smtp_tls_policy_maps = inline:{ bank.example=dane-only, partner.example=secure }" \
+        in lines
+    data["mail"]["tls_policy"] = {"partner.example": "strict"}
+    with pytest.raises(ParamsError, match="mail.tls_policy.partner.example"):
+        parse_params(data, base_dir=root / "parameters")
