@@ -93,6 +93,32 @@ def dkim_records(session) -> DnsRecords:
     return DnsRecords(tuple(r for r in found if r is not None))
 
 
+# DANE-EE, SPKI, SHA-256 of each served certificate's public key ("-": no such file)
+TLSA_SPKI = r"""for f; do
+  if [ -s "$f" ]; then
+    openssl x509 -in "$f" -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1
+  else echo -; fi
+done
+"""
+
+
+def tlsa_name(p) -> str:
+    return f"_25._tcp.{p.hostname}"
+
+
+def tlsa_values(session) -> list[str]:
+    """``3 1 1 <sha256>`` for each certificate the server serves (RSA and EC), when
+    ``dns.dane``; nothing before the certificates exist."""
+    p = session.params
+    if not p.dns.dane:
+        return []
+    from .layout import tls_paths
+    paths = tls_paths(p)
+    out = session.host.run(["sh", "-c", TLSA_SPKI, "tlsa_spki", paths["rsa_cert"],
+                            paths["ec_cert"]]).out.split()
+    return [f"3 1 1 {h.lower()}" for h in out if h != "-"]
+
+
 def dmarc_value(p) -> str:
     return f"v=DMARC1; p={p.dns.dmarc_policy}; rua=mailto:{p.postmaster}"
 
@@ -188,12 +214,16 @@ def _squash(v: str) -> str:
     return v.replace(" ", "")
 
 
-def record_checks(session, resolver: Resolver, dkim: dict | None = None) -> list[RecordCheck]:
+def record_checks(session, resolver: Resolver, dkim: dict | None = None,
+                  tlsa: list[str] | None = None) -> list[RecordCheck]:
     """Every record the server needs, expected against published.  ``dkim``: domain ->
-    DnsRecord or None (default: read the keys on the server)."""
+    DnsRecord or None (default: read the keys on the server); ``tlsa``: the TLSA values
+    (default: from the served certificates when ``dns.dane``)."""
     p = session.params
     if dkim is None:
         dkim = {d: dkim_record_of(session, d) for d in p.mail_domains}
+    if tlsa is None:
+        tlsa = tlsa_values(session)
     out = []
 
     def add(name, rtype, label, expected, published, ok, replaces=True):
@@ -225,6 +255,18 @@ def record_checks(session, resolver: Resolver, dkim: dict | None = None) -> list
             got = resolver.ask(key.name, "TXT")[1]
             add(key.name, "TXT", "TXT (DKIM)", key.value, got,
                 _squash(key.value) in {_squash(g) for g in got})
+    if tlsa:
+        # one record per served key; a published one that matches no served key is
+        # stale (the first check carries it, so publishing deletes it once)
+        name = tlsa_name(p)
+        got = resolver.ask(name, "TLSA")[1]
+        want = {_squash(v.lower()) for v in tlsa}
+        stale = [g for g in got if _squash(g.lower()) not in want]
+        for i, v in enumerate(tlsa):
+            here = _squash(v.lower()) in {_squash(g.lower()) for g in got}
+            out.append(RecordCheck(DnsRecord(name, "TLSA", v), "TLSA (DANE)", tuple(got),
+                                   here and not (i == 0 and stale),
+                                   tuple(stale) if i == 0 else ()))
     return out
 
 

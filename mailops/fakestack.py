@@ -73,7 +73,16 @@ class StackCommands:
             out.append("\t".join([name, "found", lin["server"], lin["key_type"],
                                   ",".join(f"DNS:{n}" for n in lin["names"]),
                                   "yes" if lin["trusted"] else "no",
-                                  "yes" if deployed else "no"]))
+                                  "yes" if deployed else "no",
+                                  "True" if lin.get("reuse_key") else "False"]))
+        return 0, ("\n".join(out) + "\n").encode(), b""
+
+    def _cmd_tlsa_spki(self, a, stdin):
+        """The SHA-256 of each served certificate's key: here, of the file (as a key
+        kept across renewals keeps the hash, the fake's file is the key's stand-in)."""
+        import hashlib
+        out = [hashlib.sha256(self.files[f].content).hexdigest() if f in self.files else "-"
+               for f in a[4:]]
         return 0, ("\n".join(out) + "\n").encode(), b""
 
     def _cmd_acme_account(self, a, stdin):
@@ -114,7 +123,7 @@ class StackCommands:
         serial = (lin["serial"] + 1) if lin else 1
         self.lineages[name] = {"server": opt["--server"], "key_type": opt["--key-type"],
                                "names": [a[a.index("-d") + 1]], "trusted": True,
-                               "serial": serial}
+                               "serial": serial, "reuse_key": "--reuse-key" in a}
         live = f"/etc/letsencrypt/live/{name}"
         for f in ("fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"):
             self.files[f"{live}/{f}"] = FakeFile(f"{name} {f} {serial}\n".encode(), 0o600)

@@ -662,6 +662,10 @@ acl:
   - id: mailops_update
     key: {key_name}
     action: update
+policy:
+  - id: lab
+    algorithm: ecdsap256sha256
+    nsec3: off
 template:
   - id: default
     storage: "/var/lib/knot/zones"
@@ -670,8 +674,29 @@ template:
     serial-policy: unixtime
     semantic-checks: on
     acl: mailops_update
+  - id: signed
+    storage: "/var/lib/knot/zones"
+    file: "%s.zone"
+    zonefile-sync: 0
+    serial-policy: unixtime
+    semantic-checks: on
+    acl: mailops_update
+    dnssec-signing: on
+    dnssec-policy: lab
 zone:
 {zones}"""
+# the forward zones are DNSSEC-signed (Knot keeps their keys in /var/lib/knot/keys and
+# signs every update); their KSKs' DS records are the mail servers' trust anchors
+ANCHORS_FILE = "dnssec-anchors.conf"
+ANCHORS = r"""for z; do
+  for i in $(seq 100); do
+    ds=$(runuser -u knot -- keymgr "$z" ds 2>/dev/null | head -n 1)
+    [ -n "$ds" ] && break; sleep 0.1
+  done
+  [ -n "$ds" ] || { echo "no DS for $z: is it signed?" >&2; exit 1; }
+  echo "$ds"
+done
+"""
 # a new zone's file: SOA (negative answers cached 5 s: a record just published is seen
 # at once) and NS; everything else comes by RFC 2136, as to a provider's API
 ZONE_FILE = """$ORIGIN {zone}.
@@ -713,15 +738,36 @@ def prepare_dns_host(params, log=print) -> LabStatus | None:
         h.write_file(ZONES_LIST, "".join(f"{z}\n" for z in zones).encode())
         h.write_file("/etc/knot/knot.conf", KNOT_CONF.format(
             key_name=u.key_name, algorithm=u.algorithm, secret=secret.reveal(),
-            zones="".join(f"  - domain: {z}\n" for z in zones)).encode(),
+            zones="".join(f"  - domain: {z}\n" + ("" if z.endswith(".arpa") else
+                                                    "    template: signed\n")
+                          for z in zones)).encode(),
             mode="0640", group="knot")
         h.run(["sh", "-c", START_KNOT])
+        signed = [z for z in zones if not z.endswith(".arpa")]
+        ds = h.run(["sh", "-c", ANCHORS, "anchors", *signed], timeout=60).out.split("\n")
     pub = Publisher(u, params.base_dir)
     pub.wait_ready(zones[0])
     records = [DnsRecord.from_zone_line(line) for line in labmode.infrastructure_records(params)]
     pub.replace(records)
-    log(f"lab {spec.name}: DNS host {ns} serving {', '.join(zones)}")
+    write_anchors(LabSpec.from_params(params).state_dir / ANCHORS_FILE, ds)
+    log(f"lab {spec.name}: DNS host {ns} serving {', '.join(zones)} (signed: "
+        f"{', '.join(signed)})")
     return st
+
+
+def anchors_conf(ds_lines) -> str:
+    """unbound's trust anchors for the signed lab zones, from Knot's DS records (pure)."""
+    lines = [" ".join(line.split()) for line in ds_lines if " DS " in f" {line} "]
+    return ("# managed by mailops lab: the lab zones' DNSSEC trust anchors (the DS of each\n"
+            "# zone's KSK on the lab's DNS host); unbound validates those zones with them\n"
+            "server:\n" + "".join(f'    trust-anchor: "{line}"\n' for line in lines))
+
+
+def write_anchors(path: Path, ds_lines) -> None:
+    text = anchors_conf(ds_lines)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 # -- the lab's ACME CA: Debian's pebble on the DNS host -----------------------------------

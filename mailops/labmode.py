@@ -3,6 +3,8 @@
 Production steps declare what a real server needs and know nothing of the lab.
 For a parameters file with a ``lab:`` section, :func:`overlay` adds, per step:
 
+- 10-base: the trust anchors of the lab's DNSSEC-signed zones (from the lab's DNS
+  host), which the server's unbound validates them with;
 - 50-postfix: the lab's outbound transport (the lab has no route out: mail for
   other domains is kept in ``/var/spool/mailops/outbound``; ``mail.outbound: lab``
   selects it in main.cf and master.cf);
@@ -26,6 +28,7 @@ from .render import render
 from .resources import Directory, File, Resource
 
 OUTBOUND_DIR = "/var/spool/mailops/outbound"
+ANCHORS = "/etc/unbound/mailops-lab-anchors.conf"
 OUTBOUND_SCRIPT = """#!/bin/sh
 # managed by mailops (lab only): keep outbound mail on the host, one file each
 umask 077
@@ -131,7 +134,8 @@ def resolver(p) -> dict:
     if p.resolver.mode != "lab":
         return {"zones": [], "records": [], "stub": None}
     if p.lab is not None and p.lab.dns_host is not None:
-        return {"zones": stub_zones(p), "records": [], "stub": str(p.lab.dns_host.address)}
+        return {"zones": stub_zones(p), "records": [], "stub": str(p.lab.dns_host.address),
+                "anchors": ANCHORS}
     z, records = dns(p)
     return {"zones": z, "records": records, "stub": None}
 
@@ -140,6 +144,12 @@ def overlay(step: str, p, info) -> list[Resource]:
     """What the lab adds to ``step``'s resources (nothing outside the lab)."""
     if p.lab is None:
         return []
+    if step == "10-base" and resolver(p)["stub"]:
+        # the signed lab zones' trust anchors, as `mailops lab up` read them from the
+        # DNS host (a production resolver validates from the root's)
+        from .resources.files import CopiedFile
+        return [CopiedFile(ANCHORS, source=p.path(p.lab.state_dir) / "dnssec-anchors.conf",
+                           notify=("unbound",))]
     if step == "50-postfix" and p.mail.outbound == "lab":
         return [Directory("/usr/local/lib/mailops"), Directory("/var/spool/mailops"),
                 Directory(OUTBOUND_DIR, mode="0700", owner="nobody", group="nogroup"),

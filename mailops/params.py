@@ -176,6 +176,10 @@ class Dns(Model):
     dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
     update: DnsUpdate | None = Field(None, description="publish with `mailops dns publish` "
                                                        "(RFC 2136); without it, by hand")
+    # DANE for mail to this server (RFC 7672): TLSA records (3 1 1: the SHA-256 of each
+    # served certificate's public key) at _25._tcp.<hostname>, and certbot keeps the keys
+    # at renewal so the records stay true.  Only where the host's zone is DNSSEC-signed.
+    dane: bool = False
 
 
 class Firewall(Model):

@@ -34,13 +34,14 @@ ACME_STATE = r"""for arg; do
   if [ ! -f "$conf" ] || [ ! -f "$live/cert.pem" ]; then printf '%s\tmissing\n' "$n"; continue; fi
   server=$(sed -n 's/^server = //p' "$conf")
   keytype=$(sed -n 's/^key_type = //p' "$conf")
+  reuse=$(sed -n 's/^reuse_key = //p' "$conf")
   names=$(openssl x509 -in "$live/cert.pem" -noout -ext subjectAltName 2>/dev/null \
           | tail -n +2 | tr -d ' ')
   if openssl verify -untrusted "$live/chain.pem" "$live/cert.pem" >/dev/null 2>&1; then
     trusted=yes; else trusted=no; fi
   if cmp -s "$live/fullchain.pem" "$served"; then deployed=yes; else deployed=no; fi
-  printf '%s\tfound\t%s\t%s\t%s\t%s\t%s\n' "$n" "$server" "${keytype:-rsa}" "$names" \
-    "$trusted" "$deployed"
+  printf '%s\tfound\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$server" "${keytype:-rsa}" "$names" \
+    "$trusted" "$deployed" "${reuse:-False}"
 done
 """
 
@@ -72,6 +73,7 @@ class LineageFact:
     names: tuple[str, ...] = ()
     trusted: bool = False
     deployed: bool = False
+    reuse_key: bool = False
 
 
 def parse_acme_state(out: str) -> dict[str, LineageFact]:
@@ -80,9 +82,10 @@ def parse_acme_state(out: str) -> dict[str, LineageFact]:
         f = line.split("\t")
         if len(f) == 2 and f[1] == "missing":
             facts[f[0]] = LineageFact("missing")
-        elif len(f) == 7 and f[1] == "found":
+        elif len(f) == 8 and f[1] == "found":
             names = tuple(n.removeprefix("DNS:") for n in f[4].split(",") if n)
-            facts[f[0]] = LineageFact("found", f[2], f[3], names, f[5] == "yes", f[6] == "yes")
+            facts[f[0]] = LineageFact("found", f[2], f[3], names, f[5] == "yes", f[6] == "yes",
+                                      f[7] == "True")
         elif line.strip():
             raise FactError(f"unexpected acme state line: {line[:200]!r}")
     return facts
@@ -97,6 +100,7 @@ class AcmeCertificate(Resource):
     server: str
     email: str
     propagation_s: int = 30
+    reuse_key: bool = False         # renewals keep the key (DANE: the TLSA records stay true)
     deploy_only: bool = False       # set on a change: deploy the lineage, issue nothing
     force: bool = False             # set on a change: issue again (--force-renewal)
     kind: ClassVar[str] = "acme certificate"
@@ -138,6 +142,8 @@ class AcmeCertificate(Resource):
             why.append(f"names {', '.join(fact.names) or 'none'} lack {self.host}")
         if not fact.trusted:
             why.append("its chain does not verify against the server's CAs")
+        if self.reuse_key and not fact.reuse_key:
+            why.append("its renewals would make a new key (DANE wants the key kept)")
         if why:
             return [Change(dataclasses.replace(self, force=True), Action.UPDATE,
                            "; ".join(why) + ": certbot issues it again")]
@@ -153,6 +159,7 @@ class AcmeCertificate(Resource):
                 *KEY_ARGS[self.key_kind], "--dns-rfc2136", "--dns-rfc2136-credentials", CREDENTIALS,
                 "--dns-rfc2136-propagation-seconds", str(self.propagation_s),
                 "--deploy-hook", DEPLOY_HOOK, *(["--force-renewal"] if self.force else []),
+                *(["--reuse-key"] if self.reuse_key else []),
                 "-d", self.host]
 
     def apply(self, host, change):

@@ -70,6 +70,7 @@ def acme(p) -> list[Resource]:
                                         for k in ("rsa", "ec")]), mode="0755"),
     ]
     email = a.email or p.postmaster
-    res += [AcmeCertificate(p.hostname, k, paths[f"{k}_cert"], a.server, email, a.propagation_s)
+    res += [AcmeCertificate(p.hostname, k, paths[f"{k}_cert"], a.server, email, a.propagation_s,
+                            reuse_key=p.dns.dane)
             for k in ("rsa", "ec")]
     return res

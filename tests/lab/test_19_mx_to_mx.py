@@ -1,7 +1,9 @@
 """Two mail servers on the lab's internet: mx1 (lab.test) and mx.peer.test (lab7), both
 provisioned by mailops in one run, mail between them direct to MX over the lab's DNS, as
 in production: signed, checked (DKIM, SPF, DMARC), over TLS with the certificate verified
-(each lists the other in mail.tls_policy as `secure`, as partners do), bounced when the
+(to mx.peer.test by DANE: the lab zones are DNSSEC-signed and peer.test publishes TLSA;
+back to mx1 because mx.peer.test lists lab.test in mail.tls_policy as `secure`, as partners
+do), a wrong TLSA record keeping mail queued until the right one is back, bounced when the
 user does not exist, and a forged lab.test sender meets lab.test's DMARC policy."""
 import email
 import email.policy
@@ -137,8 +139,7 @@ def test_mail_goes_mx_to_mx_signed_checked_and_over_verified_tls(peer, params):
     with Session(params) as s:
         log = s.host.run(["grep", "-h", "TLS connection established to mx.peer.test",
                           "/var/log/postfix.log"], check=False).out
-    # "Verified": the chain (pebble's root is among the system CAs) and the name
-    # (mx.peer.test under peer.test: mail.tls_policy says secure for peer.test)
+    # "Verified" by DANE: the TLSA record (3 1 1, over DNSSEC) matches the key served
     last = log.strip().splitlines()[-1]              # this message's connection
     assert "Verified TLS connection established to mx.peer.test" in last, log[-500:]
     # and the reply comes back the same way
@@ -147,6 +148,45 @@ def test_mail_goes_mx_to_mx_signed_checked_and_over_verified_tls(peer, params):
     reply = fetch(t1, "alice@lab.test", back)
     ar = auth_results(reply)
     assert "dkim=pass" in ar and "header.d=peer.test" in ar and "dmarc=pass" in ar, ar
+    # "Verified" by policy: mail.tls_policy says secure for lab.test (chain and name)
+    with Session(p) as s:
+        log = s.host.run(["grep", "-h", "TLS connection established to mx1.lab.test",
+                          "/var/log/postfix.log"], check=False).out
+    assert "Verified TLS" in log.strip().splitlines()[-1], log[-500:]
+
+
+def test_a_wrong_tlsa_record_keeps_mail_queued_until_the_right_one_is_back(peer, params):
+    """DANE fails closed: with a TLSA record that matches no served key, mx1 keeps the
+    message (it says why) rather than sending it over an unverified connection; the
+    right record published again (88-dns's publish), the queue run delivers it."""
+    from conftest import publish_dns
+    from mailops.dnsrecords import Change, DnsRecord, Publisher, tlsa_name
+    p, _, _ = peer
+    t1, t2 = verify.target_from(params), verify.target_from(p)
+    pub = Publisher(p.dns.update, p.base_dir, ttl=p.dns.ttl)
+    name = tlsa_name(p)
+    pub.send([Change("delete", DnsRecord(name, "TLSA", None)),
+              Change("add", DnsRecord(name, "TLSA", "3 1 1 " + "00" * 32))])
+    try:
+        subject = f"dane {uuid.uuid4().hex[:8]}"
+        send(t1, 587, "alice@lab.test", "alice@lab.test", "carol@peer.test", subject)
+        with Session(params) as s:
+            deadline = time.monotonic() + 60
+            while True:
+                log = s.host.run(["grep", "-h", "carol@peer.test", "/var/log/postfix.log"],
+                                 check=False).out
+                if "status=deferred" in log.splitlines()[-1] or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            last = log.splitlines()[-1]
+            assert "status=deferred" in last and "not verified" in last.lower(), last
+            assert "carol@peer.test" in s.host.run(["mailq"]).out
+    finally:
+        publish_dns(p)                          # the right TLSA records back
+    with Session(params) as s:
+        s.host.run(["postqueue", "-f"])
+    got = fetch(t2, "carol@peer.test", subject)
+    assert auth_results(got).count("=pass") >= 3
 
 
 def test_mail_to_an_unknown_user_at_the_peer_bounces_to_the_sender(peer, params):

@@ -248,3 +248,27 @@ def test_lab_dns_host_must_be_another_host():
     from mailops.params import ParamsError
     with pytest.raises(ParamsError, match="different hosts"):
         parse_params(data, base_dir=ROOT / "parameters")
+
+
+def test_dane_tlsa_records_published_for_each_served_key_and_a_stale_one_removed(
+        primary, tmp_path, monkeypatch):
+    """dns.dane: one TLSA 3 1 1 per served key at _25._tcp.<host>; after a key change
+    the old record is deleted and the new one added; without dns.dane, no TLSA."""
+    rsa, ec, new_ec = ("3 1 1 " + c * 64 for c in "abc")
+    keys = [rsa, ec]
+    monkeypatch.setattr(dnsrecords, "tlsa_values", lambda s: list(keys))
+    p = lab_params(tmp_path, primary.port, dane=True)
+    assert publish(p, apply=True).ok
+    assert sorted(primary.values("_25._tcp.mx1.lab.test", "TLSA")) == [rsa, ec]
+    keys[1] = new_ec
+    plan = publish(p, apply=False)
+    tlsa = [str(c) for c in plan.changes if "TLSA" in str(c)]
+    assert any(t.startswith("delete") and ec.split()[-1] in t for t in tlsa), tlsa
+    assert any(t.startswith("add") and new_ec.split()[-1] in t for t in tlsa), tlsa
+    assert publish(p, apply=True).ok
+    assert sorted(primary.values("_25._tcp.mx1.lab.test", "TLSA")) == [rsa, new_ec]
+    assert publish(p, apply=True).changes == []
+    monkeypatch.undo()
+    plain = lab_params(tmp_path, primary.port)
+    assert not [c for c in dnsrecords.record_checks(session_of(plain), Publisher(
+        plain.dns.update, plain.base_dir).resolver, dkim={}) if c.record.type == "TLSA"]

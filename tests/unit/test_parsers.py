@@ -77,3 +77,14 @@ def test_egress_counter_parser():
            '{ fe80::/10 } counter packets 0 bytes 0 drop\n }\n}\n')
     assert parse_counters(out) == 3 and parse_counters("no counters") == 0
     assert "counter drop" in EGRESS_RULES.format(table="t", bridge="b")
+
+
+def test_lab_trust_anchors_from_knot_ds_lines():
+    from mailops.lab import anchors_conf
+    text = anchors_conf(["peer.test. DS 4242 13 2 ABCDEF0123", "", "keymgr: no key",
+                         "test.  DS 7 13 2  99AA"])
+    lines = text.splitlines()
+    assert lines[2] == "server:"
+    assert lines[3:] == ['    trust-anchor: "peer.test. DS 4242 13 2 ABCDEF0123"',
+                         '    trust-anchor: "test. DS 7 13 2 99AA"']
+    assert anchors_conf([]).splitlines()[-1] == "server:"      # no signed zone: no anchor

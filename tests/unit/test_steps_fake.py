@@ -307,3 +307,23 @@ def test_acme_without_its_deploy_hook_fails_and_serves_nothing_new(acme_params):
     result = s.apply(plan)
     assert not result.ok and "deploy-hook" in result.error
     assert not fake.lineages and "/etc/mailops/tls/rsa.crt" not in fake.files
+
+
+def test_acme_with_dane_keeps_keys_at_renewal(acme_params):
+    """dns.dane: certbot is asked to keep the key (--reuse-key, so the TLSA records stay
+    true after a renewal); a lineage that would renew with a new key is issued again."""
+    fake = FakeHost()
+    s = converge(acme_params, fake, upto="30-users-db")
+    assert all("--reuse-key" not in c for c in fake.commands if c[0] == "certbot")
+    dane = acme_params.model_copy(update={"dns": acme_params.dns.model_copy(
+        update={"dane": True})})
+    s2 = Session(dane, host=fake)
+    plan = s2.plan("20-tls")
+    assert [c.reason for c in plan.changes if "acme" in c.target] and all(
+        "DANE wants the key kept" in c.reason for c in plan.changes if "acme" in c.target)
+    fake.commands.clear()
+    assert s2.apply(plan).ok
+    certbot = [c for c in fake.commands if c[0] == "certbot"]
+    assert len(certbot) == 2 and all("--reuse-key" in c and "--force-renewal" in c
+                                     for c in certbot)
+    assert s2.plan("20-tls").empty

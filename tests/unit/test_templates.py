@@ -65,7 +65,8 @@ def test_lab_resolver_refuses_everything_but_lab_zones(root):
     # zones are asked of it (so a peer's domain resolves too), no local data
     lab = resolver(load_params(root / "parameters" / "lab.yaml"))
     assert lab == {"zones": ["test", "100.51.198.in-addr.arpa", "113.0.203.in-addr.arpa"],
-                   "records": [], "stub": "198.51.100.53"}
+                   "records": [], "stub": "198.51.100.53",
+                   "anchors": "/etc/unbound/mailops-lab-anchors.conf"}
     assert resolver(load_params(root / "parameters" / "example.yaml"))["zones"] == []
 
 
