@@ -674,15 +674,6 @@ template:
     serial-policy: unixtime
     semantic-checks: on
     acl: mailops_update
-  - id: signed
-    storage: "/var/lib/knot/zones"
-    file: "%s.zone"
-    zonefile-sync: 0
-    serial-policy: unixtime
-    semantic-checks: on
-    acl: mailops_update
-    dnssec-signing: on
-    dnssec-policy: lab
 zone:
 {zones}"""
 # the forward zones are DNSSEC-signed (Knot keeps their keys in /var/lib/knot/keys and
@@ -739,7 +730,7 @@ def prepare_dns_host(params, log=print) -> LabStatus | None:
         h.write_file("/etc/knot/knot.conf", KNOT_CONF.format(
             key_name=u.key_name, algorithm=u.algorithm, secret=secret.reveal(),
             zones="".join(f"  - domain: {z}\n" + ("" if z.endswith(".arpa") else
-                                                    "    template: signed\n")
+                                                    "    dnssec-signing: on\n    dnssec-policy: lab\n")
                           for z in zones)).encode(),
             mode="0640", group="knot")
         h.run(["sh", "-c", START_KNOT])
