@@ -214,16 +214,14 @@ def _squash(v: str) -> str:
     return v.replace(" ", "")
 
 
-def record_checks(session, resolver: Resolver, dkim: dict | None = None,
-                  tlsa: list[str] | None = None) -> list[RecordCheck]:
+def record_checks(session, resolver: Resolver, dkim: dict | None = None) -> list[RecordCheck]:
     """Every record the server needs, expected against published.  ``dkim``: domain ->
-    DnsRecord or None (default: read the keys on the server); ``tlsa``: the TLSA values
-    (default: from the served certificates when ``dns.dane``)."""
+    DnsRecord or None (default: read the keys on the server); the TLSA values come from
+    the served certificates when ``dns.dane``."""
     p = session.params
     if dkim is None:
         dkim = {d: dkim_record_of(session, d) for d in p.mail_domains}
-    if tlsa is None:
-        tlsa = tlsa_values(session)
+    tlsa = tlsa_values(session)
     out = []
 
     def add(name, rtype, label, expected, published, ok, replaces=True):
@@ -261,9 +259,10 @@ def record_checks(session, resolver: Resolver, dkim: dict | None = None,
         name = tlsa_name(p)
         got = resolver.ask(name, "TLSA")[1]
         want = {_squash(v.lower()) for v in tlsa}
+        have = {_squash(g.lower()) for g in got}
         stale = [g for g in got if _squash(g.lower()) not in want]
         for i, v in enumerate(tlsa):
-            here = _squash(v.lower()) in {_squash(g.lower()) for g in got}
+            here = _squash(v.lower()) in have
             out.append(RecordCheck(DnsRecord(name, "TLSA", v), "TLSA (DANE)", tuple(got),
                                    here and not (i == 0 and stale),
                                    tuple(stale) if i == 0 else ()))

@@ -147,8 +147,9 @@ def overlay(step: str, p, info) -> list[Resource]:
     if step == "10-base" and resolver(p)["stub"]:
         # the signed lab zones' trust anchors, as `mailops lab up` read them from the
         # DNS host (a production resolver validates from the root's)
+        from .lab import ANCHORS_FILE
         from .resources.files import CopiedFile
-        return [CopiedFile(ANCHORS, source=p.path(p.lab.state_dir) / "dnssec-anchors.conf",
+        return [CopiedFile(ANCHORS, source=p.path(p.lab.state_dir) / ANCHORS_FILE,
                            notify=("unbound",))]
     if step == "50-postfix" and p.mail.outbound == "lab":
         return [Directory("/usr/local/lib/mailops"), Directory("/var/spool/mailops"),
