@@ -160,14 +160,22 @@ def test_a_wrong_tlsa_record_keeps_mail_queued_until_the_right_one_is_back(peer,
     message (it says why) rather than sending it over an unverified connection; the
     right record published again (88-dns's publish), the queue run delivers it."""
     from conftest import publish_dns
-    from mailops.dnsrecords import Change, DnsRecord, Publisher, tlsa_name
+    from mailops.dnsrecords import Change, DnsRecord, Publisher, Resolver, tlsa_name
     p, _, _ = peer
     t1, t2 = verify.target_from(params), verify.target_from(p)
     pub = Publisher(p.dns.update, p.base_dir, ttl=p.dns.ttl)
     name = tlsa_name(p)
+    wrong = "3 1 1 " + "00" * 32
     pub.send([Change("delete", DnsRecord(name, "TLSA", None)),
-              Change("add", DnsRecord(name, "TLSA", "3 1 1 " + "00" * 32))])
+              Change("add", DnsRecord(name, "TLSA", wrong))])
     try:
+        # until mx1's resolver answers the wrong record (it may hold the right one for up
+        # to 5 s from the mail just before): otherwise the message goes out verified
+        with Session(params) as s, s.host.forward(53) as port:
+            resolver, deadline = Resolver(port), time.monotonic() + 30
+            while resolver.ask(name, "TLSA")[1] != [wrong] and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert resolver.ask(name, "TLSA")[1] == [wrong]
         subject = f"dane {uuid.uuid4().hex[:8]}"
         send(t1, 587, "alice@lab.test", "alice@lab.test", "carol@peer.test", subject)
         with Session(params) as s:
