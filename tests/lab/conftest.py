@@ -87,10 +87,61 @@ def provision_json(*args) -> dict:
                              f"{proc.stderr[-3000:]}") from None
 
 
-@pytest.fixture(scope="module")
+SYSTEMD = ROOT / "parameters" / "lab-systemd.yaml"
+
+
+def build_from_nothing(params_file: Path) -> dict:
+    """A lab mail server from an empty root file system: up, its backup host ready, and
+    the first `mailops provision --apply` (its JSON summary)."""
+    p = load_params(params_file)
+    spec = lab.LabSpec.from_params(p)
+    quiet = lambda m: None  # noqa: E731
+    lab.down(spec, purge=True, log=quiet)
+    if not lab.up(spec, log=quiet).up:
+        raise AssertionError(f"lab {spec.name} did not come up")
+    lab.prepare_backup_host(p, log=quiet)
+    return provision_json("--params", str(params_file), "--apply")
+
+
+class Prebuild:
+    """The other lab mail servers (Debian 13, systemd) built from nothing on one
+    background thread while the first modules work on lab1: independent hosts, as
+    `mailops provision --params A B` provisions them side by side. The tests that own
+    them (test_04, test_11) take the result of that first run and go on from there."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prebuild")
+        self.jobs = {}
+
+    def start(self, *params_files: Path) -> None:
+        for f in params_files:
+            if f not in self.jobs:
+                self.jobs[f] = self.pool.submit(build_from_nothing, f)
+
+    def first_run(self, params_file: Path) -> dict:
+        """That first provisioning run's summary (built now if nobody started it)."""
+        self.start(params_file)
+        return self.jobs.pop(params_file).result(timeout=1800)
+
+    def wait(self) -> None:
+        """Until the background is idle: the modules that time things run alone."""
+        for job in list(self.jobs.values()):
+            job.exception(timeout=1800)       # waits; a failure is the owner test's to show
+
+
+@pytest.fixture(scope="session")
+def prebuild(lab_up):
+    pb = Prebuild()
+    yield pb
+    pb.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
 def trixie_lab(lab_up):
-    """The Debian 13 lab host, provisioned; taken down after this module (test_99 expects
-    only the Debian 12 labs, and their apt proxy is shared)."""
+    """The Debian 13 lab host, provisioned (a no-op when test_04 left it so): kept up for
+    the session, which saves building it again per module; test_99 takes it down with
+    the other peers of the Debian 12 lab (their bridge and apt proxy are shared)."""
     p = load_params(TRIXIE)
     spec = lab.LabSpec.from_params(p)
     lab.up(spec)

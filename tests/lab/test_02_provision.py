@@ -3,12 +3,20 @@ run changes nothing, a changed parameter is a dry-run diff until applied."""
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import LAB_PARAMS, provision_json
+from conftest import LAB_PARAMS, SYSTEMD, TRIXIE, provision_json
 from mailops.params import load_params
 from mailops.steps import STEPS
 from mailops.session import Session
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _other_servers_meanwhile(prebuild):
+    """The Debian 13 and the systemd lab servers are built from nothing in the background
+    while this module provisions lab1 (test_04 and test_11 check them)."""
+    prebuild.start(TRIXIE, SYSTEMD)
 
 
 def test_notebooks_apply_then_a_second_run_changes_nothing(lab_up):

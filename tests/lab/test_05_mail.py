@@ -20,6 +20,13 @@ from mailops.users import set_password
 from test_02_provision import changed_params
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _alone(prebuild):
+    """From here on the modules time things (a password live within a second, restarts,
+    queues): the background builds of the other lab servers are done first."""
+    prebuild.wait()
+
+
 @pytest.fixture(scope="module")
 def provisioned(lab_up):
     res = provision_json("--params", str(LAB_PARAMS), "--apply")

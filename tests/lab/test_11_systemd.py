@@ -30,21 +30,21 @@ def booted(h, timeout=120) -> str:
 
 
 @pytest.fixture(scope="module")
-def sd(lab_up):
+def sd(lab_up, prebuild):
+    """lab4 from an empty root file system, up, and its first provisioning run (conftest's
+    Prebuild: started in the background while test_02 worked on lab1)."""
     params = load_params(SYSTEMD)
     spec = lab.LabSpec.from_params(params)
-    lab.down(spec, purge=True)
-    assert lab.up(spec).up
-    lab.prepare_backup_host(params)
-    yield params, spec
+    first = prebuild.first_run(SYSTEMD)
+    yield params, spec, first
     lab.down(spec)
 
 
 @pytest.mark.slow
 def test_systemd_host_from_nothing_with_timers_that_run(sd):
-    params, spec = sd
-    first = provision_json("--params", str(SYSTEMD), "--apply")
+    params, spec, first = sd
     assert first["ok"], first
+    assert first["changes"] > 0
     assert provision_json("--params", str(SYSTEMD), "--apply")["changes"] == 0
     with Session(params) as s:
         h = s.host
@@ -68,7 +68,7 @@ def test_systemd_host_from_nothing_with_timers_that_run(sd):
 
 @pytest.mark.slow
 def test_reboot_brings_back_firewall_services_and_mail(sd):
-    params, spec = sd
+    params, spec, _ = sd
     lab.down(spec)                          # power off: every process killed
     assert lab.up(spec).up                  # boot the same root file system
     with Session(params) as s:

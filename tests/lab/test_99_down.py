@@ -22,19 +22,22 @@ def test_no_packet_left_the_lab_during_the_run(lab_up):
 def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up
+    local = LocalHost()
     second_mx = lab.LabSpec.from_params(load_params(ROOT / "parameters" / "lab-peer.yaml"))
-    for peer in (second_mx, lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
+    trixie = lab.LabSpec.from_params(load_params(ROOT / "parameters" / "lab-trixie.yaml"))
+    for peer in (trixie, second_mx, lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
                  lab.dns_spec(lab_params)):
-        # the second mail server, the borg repository host, the old IMAP server and the
-        # DNS host first: the bridge is shared
+        # the Debian 13 lab, the second mail server, the borg repository host, the old
+        # IMAP server and the DNS host first: the bridge and the apt proxy are shared
         if lab.status(peer).state == "down":
             continue
         peer_pid = json.loads(peer.state_file.read_text())["ns"]["pid"]
         lab.down(peer)
         assert lab._start_time(peer_pid) is None and lab.status(peer).state == "down"
+        assert not local.run(["ip", "netns", "pids", peer.netns], check=False).ok
+        assert lab.status(lab_up).up, f"taking {peer.name} down took lab1 with it"
     state = json.loads(lab_up.state_file.read_text())
     proxy = json.loads((lab.RUN_DIR / f"apt-proxy-{lab_up.bridge}.json").read_text())
-    local = LocalHost()
     inside = local.run(["ip", "netns", "pids", lab_up.netns]).out.split()
     assert inside
     lab.down(lab_up)
