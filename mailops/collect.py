@@ -37,6 +37,8 @@ _MONTHS = {m: i + 1 for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "J
                                            "Aug", "Sep", "Oct", "Nov", "Dec"))}
 _SYSLOG = re.compile(rb"^(\w{3}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d) ")
 _RFC3339 = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d) ")
+# rspamd's own log: "2026-12-01 08:55:07 #1(normal) ..." (".123" with log_usec), local time
+_LOCAL = re.compile(rb"^(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.\d+)? ")
 
 
 class CollectError(RuntimeError):
@@ -77,7 +79,8 @@ class CollectResult:
 def line_times(lines: list[bytes], tz: ZoneInfo, year_of: dt.datetime) -> list[dt.datetime | None]:
     """UTC time of each line: syslog stamps in the server's zone (the year from the
     file's modification time, a month after it meaning the year before), RFC 3339
-    stamps as they are.  One parse per distinct second."""
+    stamps as they are, rspamd's ``YYYY-MM-DD HH:MM:SS`` in the server's zone.  One
+    parse per distinct second."""
     cache: dict[bytes, dt.datetime | None] = {}
     out = []
     for line in lines:
@@ -97,11 +100,14 @@ def line_times(lines: list[bytes], tz: ZoneInfo, year_of: dt.datetime) -> list[d
                                     int(m.group(5)), tzinfo=tz).astimezone(dt.timezone.utc)
                 except ValueError:
                     t = None
-        else:
-            r = _RFC3339.match(key)
-            if r:
-                zone = r.group(2).decode().replace("Z", "+00:00")
-                t = dt.datetime.fromisoformat(r.group(1).decode() + zone).astimezone(dt.timezone.utc)
+        elif r := _RFC3339.match(key):
+            zone = r.group(2).decode().replace("Z", "+00:00")
+            t = dt.datetime.fromisoformat(r.group(1).decode() + zone).astimezone(dt.timezone.utc)
+        elif r := _LOCAL.match(key):
+            try:
+                t = dt.datetime(*map(int, r.groups()), tzinfo=tz).astimezone(dt.timezone.utc)
+            except ValueError:
+                t = None
         cache[k] = t
         out.append(t)
     return out

@@ -46,8 +46,8 @@ def test_unbound_answers_lab_names_and_refuses_the_rest(session):
         a = _ask(port, "mx1.lab.test", "A")
         assert a.rcode() == dns.rcode.NOERROR
         assert [r.to_text() for rr in a.answer for r in rr] == ["198.51.100.10"]
-        mx = _ask(port, "example.test", "MX")
-        assert [r.to_text() for rr in mx.answer for r in rr] == ["10 mx1.lab.test."]
+        mx = _ask(port, "example.test", "MX")        # mx1's, beside the Debian 13 lab's mx2
+        assert "10 mx1.lab.test." in [r.to_text() for rr in mx.answer for r in rr], mx
         ptr = _ask(port, "10.100.51.198.in-addr.arpa", "PTR")
         assert [r.to_text() for rr in ptr.answer for r in rr] == ["mx1.lab.test."]
         assert _ask(port, "nope.lab.test", "A").rcode() == dns.rcode.NXDOMAIN

@@ -264,6 +264,10 @@ def test_action_counts_from_rspamd_log_count_gtube_and_greylisting_as_stat_does(
         "forced: soft reject \"Try again later\"; score=nan (set by greylist)",
         "2026-12-01 08:55:08 #1(rspamd_proxy) <d>; lua; something else entirely"]
     append(log, lines)
+    # collected days later: the lines keep their own day (not the file's, as happened
+    # when rspamd's stamps were not parsed and every line took the file's mtime)
+    later = dt.datetime(2026, 12, 3, 12, tzinfo=dt.timezone.utc).timestamp()
+    os.utime(log, (later, later))
     with Session(params) as s:
         mc.collect(s, store, logs={"rspamd_log": str(log)})
     p = mi.period_for("daily", "2026-12-01")
