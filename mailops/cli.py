@@ -94,8 +94,15 @@ def _lab(args) -> int:
         lab.prepare_old_imap_host(params)
     elif args.action == "down":
         lab.down(spec, purge=args.purge)
-        for peer, _ in peers:
-            lab.down(peer, purge=args.purge)
+        # the backup, old IMAP and DNS hosts are shared by every mail server of the lab:
+        # while another one runs they stay (purging them would lose its backups, its DNS
+        # zones and its ACME CA)
+        others = sorted(set(lab.running()) - {p.name for p, _ in peers} - {spec.name})
+        for peer, what in peers:
+            if others:
+                print(f"lab {peer.name}: {what} kept, {', '.join(others)} still up")
+            else:
+                lab.down(peer, purge=args.purge)
     elif args.action == "status":
         states = [lab.status(spec)]
         print(states[0])

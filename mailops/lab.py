@@ -203,14 +203,20 @@ def up(spec: LabSpec, log=print) -> LabStatus:
     return st
 
 
+def running(local: LocalHost | None = None) -> list[str]:
+    """The names of the lab hosts whose namespaces exist on this machine."""
+    out = (local or LocalHost()).run(["ip", "netns", "list"]).out
+    return [n.split()[0].removeprefix("mailops-") for n in out.splitlines()
+            if n.startswith("mailops-")]
+
+
 def down(spec: LabSpec, purge: bool = False, log=print) -> None:
     """Stop what ``up`` started (by pid) and remove the namespace; ``purge``
     also removes the rootfs and keys."""
     local = LocalHost()
     fence(spec.network, local)
     _teardown(spec, local)
-    others = [n for n in local.run(["ip", "netns", "list"]).out.split()
-              if n.startswith("mailops-") and n != spec.netns]
+    others = [n for n in running(local) if n != spec.name]
     if not others:
         _stop_proxy(spec, local)
         local.run(["ip", "link", "del", spec.bridge], check=False)

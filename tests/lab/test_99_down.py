@@ -19,6 +19,24 @@ def test_no_packet_left_the_lab_during_the_run(lab_up):
     assert lab.egress_packets(lab_up) == 0, out
 
 
+def test_lab_down_of_one_server_keeps_the_hosts_another_one_uses(lab_up, lab_params):
+    """`mailops lab down --purge` with the Debian 13 lab's parameters takes lab2 down and
+    keeps the backup, old IMAP and DNS hosts, which lab1 still uses (purging them lost
+    lab1's backups, zones and ACME CA)."""
+    from conftest import TRIXIE, mailops_cli
+    trixie = lab.LabSpec.from_params(load_params(TRIXIE))
+    lab.up(trixie, log=lambda m: None)
+    shared = [lab.backup_spec(lab_params), lab.old_imap_spec(lab_params), lab.dns_spec(lab_params)]
+    pids = {s.name: lab.status(s).pid for s in shared}
+    out = mailops_cli("lab", "down", "--purge", "--params", str(TRIXIE)).stdout
+    assert lab.status(trixie).state == "down" and not trixie.dir.exists(), out
+    for s in shared:
+        assert f"lab {s.name}: " in out and "kept, lab1 still up" in out, out
+        st = lab.status(s)
+        assert st.up and st.pid == pids[s.name] and s.dir.exists(), (s.name, out)
+    assert lab.status(lab_up).up
+
+
 def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     st = lab.status(lab_up)
     assert st.up
