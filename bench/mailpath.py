@@ -33,6 +33,7 @@ postfix and dovecot).  Usage (lab up and provisioned):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import smtplib
 import statistics
@@ -247,9 +248,7 @@ def restart_scenario(params, h, seconds: float = 25, clients: int = 20,
     delivered_after = time.monotonic() - last_restart
     # what the queue still holds then: its files, and the recipients they still owe
     left = [json.loads(line) for line in h.run(["postqueue", "-j"]).out.splitlines() if line]
-    left_queues: dict[str, int] = {}
-    for m in left:
-        left_queues[m["queue_name"]] = left_queues.get(m["queue_name"], 0) + 1
+    left_queues = collections.Counter(m["queue_name"] for m in left)
     owed = sum(len(m.get("recipients", [])) for m in left)
     wait_until(h, ["sh", "-c", QUEUE_EMPTY, "queue_empty"], 900)
     empty_after = time.monotonic() - last_restart
@@ -276,7 +275,7 @@ def restart_scenario(params, h, seconds: float = 25, clients: int = 20,
             "unscanned": unscanned, "suspended_deferrals": suspended,
             "clients_done_s_after_last_restart": round(clients_done, 1),
             "delivered_s_after_last_restart": round(delivered_after, 1),
-            "queued_when_all_delivered": {"files": len(left), "by_queue": left_queues,
+            "queued_when_all_delivered": {"files": len(left), "by_queue": dict(left_queues),
                                           "recipients_owed": owed},
             "queue_empty_s_after_last_restart": round(empty_after, 1)}
 

@@ -5,14 +5,11 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, mailops_cli, provision_json
+from conftest import ROOT, TRIXIE, mailops_cli, provision_json
 from mailops import backup, lab, verify
 from mailops.checks import smtp
 from mailops.params import load_params
 from mailops.session import Session
-
-TRIXIE = ROOT / "parameters" / "lab-trixie.yaml"
-
 
 @pytest.mark.slow
 def test_trixie_mail_server_from_nothing(lab_up, prebuild, tmp_path):

@@ -7,13 +7,12 @@ import time
 
 import pytest
 
-from conftest import ROOT, provision_json
+from conftest import SYSTEMD, provision_json
 from mailops import lab, verify
 from mailops.layout import BACKUP
 from mailops.params import load_params
 from mailops.session import Session
 
-SYSTEMD = ROOT / "parameters" / "lab-systemd.yaml"
 SERVICES = ("postfix", "dovecot", "rspamd", "redis-server", "unbound", "fail2ban", "nftables",
             "ssh")
 TIMERS = ("mailops-backup.timer", "mailops-purge.timer", "logrotate.timer")

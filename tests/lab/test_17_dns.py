@@ -70,9 +70,9 @@ def test_a_removed_dkim_key_and_a_changed_spf_fail_check_and_verify_until_publis
         assert 'lab.test. IN TXT "v=spf1 mx ip4:198.51.100.1 -all"' in publish
         # only what is wrong: no MX record, no DMARC record (by record, not by substring:
         # a DKIM key's base64 may well contain "MX")
-        kinds = {line.split(" IN ")[1].split()[0] for line in publish.splitlines() if " IN " in line}
-        names = {line.split()[0] for line in publish.splitlines() if " IN " in line}
-        assert kinds == {"TXT"} and not any(n.startswith("_dmarc.") for n in names), publish
+        records = [line.split() for line in publish.splitlines() if " IN " in line]
+        assert {r[2] for r in records} == {"TXT"}, publish         # name IN TYPE value
+        assert not any(r[0].startswith("_dmarc.") for r in records), publish
         # verify fails the same way, naming the record to publish
         with pytest.raises(CheckFailed) as failed:
             dns_checks.published(session, settle=0)

@@ -30,12 +30,12 @@ FORGER = "198.51.100.31"          # another lab address: not mx1, not allowed by
 @pytest.fixture(scope="module")
 def peer(lab_up, lab_params):
     """mx.peer.test up and both servers provisioned by one `mailops provision` run."""
-    from conftest import LAB_PARAMS, mailops_cli, publish_dns
+    from conftest import LAB_PARAMS, TRIXIE, mailops_cli, publish_dns
     p = load_params(PEER)
     spec = lab.LabSpec.from_params(p)
     # the Debian 13 lab (mx2) is an MX of lab.test too, at mx1's preference: with it up,
     # the peer could deliver lab.test's mail there, and this module reads it at mx1
-    lab.down(lab.LabSpec.from_params(load_params(ROOT / "parameters" / "lab-trixie.yaml")))
+    lab.down(lab.LabSpec.from_params(load_params(TRIXIE)))
     lab.prepare_dns_host(p, log=lambda m: None)         # adds peer.test to the DNS host
     lab.up(spec)
     proc = mailops_cli("provision", "--json", "--params", str(LAB_PARAMS), str(PEER), "--apply",
