@@ -1,6 +1,7 @@
-"""Postfix log figures: `mailops logs summary` vs Debian's pflogsumm, side by side in
-one run, on the same file (a synthetic log of --lines lines from tests/pflog_corpus.py,
-or FILE), with each one's peak RSS; the grand totals must be equal.
+"""Postfix log figures: `mailops logs summary` (its default engine, the compiled one when
+built; and the polars and pure-Python stream engines) vs Debian's pflogsumm, side by side
+in one run, on the same file (a synthetic log of --lines lines from tests/pflog_corpus.py,
+or FILE), each in its own process with its own peak RSS; the grand totals must be equal.
 
     .venv/bin/python bench/pflog.py [--lines 1000000] [FILE]
 """
@@ -70,9 +71,10 @@ def main() -> None:
             n = sum(1 for _ in open(log, "rb"))
         # each in its own process, one after the other, lowest peak RSS first
         # (RUSAGE_CHILDREN's peak is the highest of every child so far)
+        cli = [sys.executable, "-m", "mailops.cli", "logs", "summary", "--json"]
         stream_s, stream_out, stream_rss = timed([sys.executable, "-c", STREAM, str(log)])
-        ours_s, ours_out, rss = timed([sys.executable, "-m", "mailops.cli", "logs", "summary",
-                                       "--json", str(log)])
+        ours_s, ours_out, rss = timed(cli + [str(log)])
+        polars_s, polars_out, polars_rss = timed(cli + ["--engine", "polars", str(log)])
         theirs_s, theirs_out, _ = timed(["pflogsumm", "--iso-date-time", str(log)])
         fast = json.loads(ours_out)
         stream = json.loads(stream_out)
@@ -80,17 +82,22 @@ def main() -> None:
                   "deliveries_by_recipient_domain": {}, "messages_by_sender_domain": {},
                   "top_reject_reasons": [], "warnings_by_program": {}, "sasl_failures_by_ip": {}}
         same = ours(_Given(totals))["totals"] == parse_pflogsumm(theirs_out)["totals"]
-        same = same and fast["grand_totals"] == stream
+        same = same and fast["grand_totals"] == stream == json.loads(polars_out)["grand_totals"]
     if not same:
         raise SystemExit("the grand totals differ from pflogsumm's")
-    out = {"lines": n, "pflogsumm_s": round(theirs_s, 2), "mailops_s": round(ours_s, 2),
-           "mailops_stream_s": round(stream_s, 2),
-           "speedup": round(theirs_s / ours_s, 2), "stream_speedup": round(theirs_s / stream_s, 2),
+    from mailops import pflogc
+    out = {"lines": n, "engine": "compiled" if pflogc.available() else "auto (not compiled)",
+           "pflogsumm_s": round(theirs_s, 2), "mailops_s": round(ours_s, 2),
+           "mailops_polars_s": round(polars_s, 2), "mailops_stream_s": round(stream_s, 2),
+           "speedup": round(theirs_s / ours_s, 2), "polars_speedup": round(theirs_s / polars_s, 2),
+           "stream_speedup": round(theirs_s / stream_s, 2),
            "mailops_lines_per_s": round(n / ours_s),
            "pflogsumm_lines_per_s": round(n / theirs_s),
-           "stream_peak_rss_mib": round(stream_rss / 1024),
-           "mailops_peak_rss_mib": round(rss / 1024), "grand_totals_equal": same}
+           "mailops_peak_rss_mib": round(rss / 1024),
+           "polars_peak_rss_mib": round(polars_rss / 1024),
+           "stream_peak_rss_mib": round(stream_rss / 1024), "grand_totals_equal": same}
     print(json.dumps(out, indent=2))
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "pflog.json").write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -1,8 +1,25 @@
-"""mailops: build, run and watch a production mail server from notebooks."""
-from .params import ParamsError, load_params
-from .plan import ApplyResult, Plan, Status, StepFailed
-from .session import Session, finish, open_session
+"""mailops: build, run and watch a production mail server from notebooks.
 
-__all__ = ["ApplyResult", "ParamsError", "Plan", "Session", "Status", "StepFailed",
-           "finish", "load_params", "open_session"]
+The names below load on first use (PEP 562), so a command that needs none of them
+(``mailops logs summary``) starts without pydantic, paramiko or jinja2."""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"ParamsError": "params", "load_params": "params",
+          "ApplyResult": "plan", "Plan": "plan", "Status": "plan", "StepFailed": "plan",
+          "Session": "session", "finish": "session", "open_session": "session"}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

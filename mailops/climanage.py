@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .manage import ManageError
 
 COMMANDS = ("user", "alias", "catchall", "domain", "sieve", "migrate")
 
@@ -160,6 +159,7 @@ def _migrate(session, args) -> int:
 
 
 def run(args) -> int:
+    from .manage import ManageError          # here, so `mailops logs` starts without pydantic
     from .secrets import SecretError
     from .session import open_session
     from .host import ConnectError
@@ -173,6 +173,7 @@ def run(args) -> int:
 
 
 def _run(session, args) -> int:
+    from .manage import ManageError          # here, so `mailops logs` starts without pydantic
     from . import users
     from .users import password_from
     if args.cmd == "migrate":
@@ -259,6 +260,7 @@ def _run(session, args) -> int:
 
 
 def _sieve_plan(session, args, usersieve):
+    from .manage import ManageError          # here, so `mailops logs` starts without pydantic
     if args.action == "put":
         return usersieve.plan_put(session, args.address, args.name, _read("file", args.file),
                                   activate=args.activate, replace=args.replace)
@@ -279,6 +281,7 @@ def _sieve_plan(session, args, usersieve):
 
 
 def _read(field: str, path: str) -> str:
+    from .manage import ManageError          # here, so `mailops logs` starts without pydantic
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -286,6 +289,7 @@ def _read(field: str, path: str) -> str:
 
 
 def _int(field: str, value: str) -> int:
+    from .manage import ManageError          # here, so `mailops logs` starts without pydantic
     try:
         return int(value)
     except ValueError:

@@ -154,11 +154,13 @@ def postfix_table(store: Store, hosts) -> str:
 
 
 def postfix_summary(store: Store, hosts, p: Period):
-    """pflogsumm's figures (Debian 1.1.5's definitions) over the period (the
-    vectorised engine, :mod:`mailops.pflogfast`; the same figures as ``pflog.Summary``)."""
-    from . import pflogfast
-    return pflogfast.summarize_lines(log_lines(store, hosts, p, postfix_table(store, hosts)),
-                                     today=p.end)
+    """pflogsumm's figures (Debian 1.1.5's definitions) over the period (the compiled
+    engine, :mod:`mailops.pflogc`, else the vectorised one; the same figures as
+    ``pflog.Summary``)."""
+    from . import pflogc, pflogfast
+    engine = pflogc if pflogc.available() else pflogfast
+    return engine.summarize_lines(log_lines(store, hosts, p, postfix_table(store, hosts)),
+                                  today=p.end)
 
 
 # what pflogsumm does not give: every refusal at SMTP time, by kind, client and network

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import gzip
 import io
 import re
@@ -58,6 +59,11 @@ _REJ_SPECIAL = [(re.compile(r"^.*?\d{3} (Improper use of SMTP command pipelining
                  r"(Local) \1")]
 
 
+# a reject kind: its detail table (a Summary attribute) and its figure
+_TABLES = {"reject": ("rejects", "rejected"), "reject_warning": ("warns", "reject_warnings"),
+           "hold": ("holds", "held"), "discard": ("discards", "discarded")}
+
+
 def _trim(text: str, n: int) -> str:
     return text[:n - 3] + "..." if len(text) > n else text
 
@@ -68,17 +74,45 @@ def _lower_domain(addr: str) -> str:
     return addr if at < 0 else addr[:at] + addr[at:].lower()
 
 
+_HOST_IP4 = re.compile(r"^([^\[]*)\[((?:\d{1,3}\.){3}\d{1,3})\]")
+_HOST_IP6 = re.compile(r"^([^/]*)/([0-9a-f.:]+)", re.I)
+_HOST_OTHER = re.compile(r"^([^\[(/]*)[\[(/]([^\])]+)[\])]:?\d*$")
+_LAST_LABELS = re.compile(r"^(.*)\.([^.]+)\.([^.]{3}|[^.]{2,3}\.[^.]{2})$")
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def gimme_domain(text: str) -> str:
     """pflogsumm's client "host/domain": the last two labels of the name (three for a
     two-letter second level), else the address."""
-    m = re.match(r"^([^\[]*)\[((?:\d{1,3}\.){3}\d{1,3})\]", text) or \
-        re.match(r"^([^/]*)/([0-9a-f.:]+)", text, re.I) or \
-        re.match(r"^([^\[(/]*)[\[(/]([^\])]+)[\])]:?\d*$", text)
+    m = _HOST_IP4.match(text) or _HOST_IP6.match(text) or _HOST_OTHER.match(text)
     domain, ip = (m.group(1), m.group(2)) if m else ("", "")
     if domain in ("", "unknown"):
         return ip
-    m = re.match(r"^(.*)\.([^.]+)\.([^.]{3}|[^.]{2,3}\.[^.]{2})$", domain)
+    m = _LAST_LABELS.match(domain)
     return f"{m.group(2)}.{m.group(3)}".lower() if m else domain
+
+
+# reject_reason's rewrites, compiled once; a pattern anchored at both ends (^...$) that
+# re.sub would replace by its group 1 is applied as "group 1 when it matches"
+_R_ADDR = re.compile(r"^(\d{3} <).*?(>:)")
+_R_PROTOCOL = re.compile(r"^(?:\d{3} \d\.\d\.\d )(Protocol error);.*$")
+_R_FIRST = re.compile(r"^(?:.*?[:;] )(?:\[[^\]]+\] )?([^;,]+)[;,].*$")
+_R_ADDRESS_REJECTED = re.compile(r"^((?:Sender|Recipient) address rejected: [^:]+):.*$")
+_R_BLOCKED = re.compile(r"(client|Client host|Sender address) .+? blocked")
+_R_MAIL = re.compile(r"^\d{3} (?:<.+>: )?([^;:]+)[;:]?.*$")
+_R_OTHER = re.compile(r"^(?:.*[:;] )?([^,]+).*$")
+_R_TO = re.compile(r"to=<([^>]+)>")
+_R_UNKNOWN = re.compile(r"\d{3} <([^>]+)>: User unknown ")
+_R_TO_LOOSE = re.compile(r"to=<(.*?)(?:[, ]|$)")
+_R_FROM = re.compile(r"from=<([^>]+)>")
+_R_RECIPIENT = re.compile(r"^(Recipient address rejected:|User unknown( |$))")
+_R_PIPELINING_CLIENT = re.compile(r"^.+? from (\S+?):.*$")
+
+
+def _group1(pattern: re.Pattern, text: str) -> str:
+    """re.sub(pattern, r"\1", text) for a pattern anchored at both ends."""
+    m = pattern.match(text)
+    return m.group(1) if m else text
 
 
 def reject_reason(line: str) -> tuple[str, str, str]:
@@ -89,29 +123,31 @@ def reject_reason(line: str) -> tuple[str, str, str]:
     typ, client, rest = m.groups()
     reas = rest
     if typ in ("RCPT", "DATA", "CONNECT"):
-        reas = re.sub(r"^(\d{3} <).*?(>:)", r"\1\2", reas, count=1)
-        reas = re.sub(r"^(?:\d{3} \d\.\d\.\d )(Protocol error);.*$", r"\1", reas)
-        reas = re.sub(r"^(?:.*?[:;] )(?:\[[^\]]+\] )?([^;,]+)[;,].*$", r"\1", reas)
-        reas = re.sub(r"^((?:Sender|Recipient) address rejected: [^:]+):.*$", r"\1", reas)
-        reas = re.sub(r"(client|Client host|Sender address) .+? blocked", "blocked", reas, count=1)
+        a = _R_ADDR.match(reas)
+        if a:
+            reas = a.group(1) + a.group(2) + reas[a.end():]
+        reas = _group1(_R_PROTOCOL, reas)
+        reas = _group1(_R_FIRST, reas)
+        reas = _group1(_R_ADDRESS_REJECTED, reas)
+        reas = _R_BLOCKED.sub("blocked", reas, count=1)
     elif typ == "MAIL":
-        reas = re.sub(r"^\d{3} (?:<.+>: )?([^;:]+)[;:]?.*$", r"\1", reas)
+        reas = _group1(_R_MAIL, reas)
     else:
-        reas = re.sub(r"^(?:.*[:;] )?([^,]+).*$", r"\1", reas)
-    to = (re.search(r"to=<([^>]+)>", rest) or re.search(r"\d{3} <([^>]+)>: User unknown ", rest)
-          or re.search(r"to=<(.*?)(?:[, ]|$)", rest))
+        reas = _group1(_R_OTHER, reas)
+    to = _R_TO.search(rest) or _R_UNKNOWN.search(rest) or _R_TO_LOOSE.search(rest)
     to = to.group(1) if to else "<>"
-    frm = re.search(r"from=<([^>]+)>", rest)
+    frm = _R_FROM.search(rest)
     frm = frm.group(1) if frm else "<>"
     if reas.startswith("Sender address rejected:"):
         return typ, reas, frm
-    if re.match(r"^(Recipient address rejected:|User unknown( |$))", reas):
+    if _R_RECIPIENT.match(reas):
         return typ, reas, to
-    for pattern, replacement in _REJ_SPECIAL:
-        reas, hit = pattern.subn(replacement, reas, count=1)
-        if hit:
-            if pattern is _REJ_SPECIAL[0][0]:          # pipelining: counted by the client
-                return typ, reas, re.match(r"^.+? from (\S+?):.*$", line).group(1)
+    for i, (pattern, replacement) in enumerate(_REJ_SPECIAL):
+        s = pattern.match(reas)
+        if s:
+            reas = s.expand(replacement)
+            if i == 0:                                 # pipelining: counted by the client
+                return typ, reas, _R_PIPELINING_CLIENT.match(line).group(1)
             break
     return typ, reas, gimme_domain(client)
 
@@ -168,13 +204,15 @@ class Summary:
             if not ok:
                 return
             hour = int(hour_s)
+            if hour > 23:                   # no such hour: not a postfix log line
+                return
         else:
             m = _RFC3339.match(line)
             if not m:
                 return
             year, mon, day = int(m.group(1)), int(m.group(2)) - 1, int(m.group(3))
             hour, rest = int(m.group(4)), m.group(7)
-            if not self._date_ok(year, mon, day):
+            if hour > 23 or not self._date_ok(year, mon, day):
                 return
             key = f"{year:04d}-{mon + 1:02d}-{day:02d}"
         c = _CMD.match(rest) or _CMD2.match(rest)
@@ -190,22 +228,14 @@ class Summary:
         if cmd == "cleanup":
             r = _CLEANUP.search(rest)
             if r:
-                sub, where, rmdr = r.groups()
-                rmdr = _trim(re.sub(r"( from \S+?)?; from=<.*$", "", rmdr, count=1), 64)
-                # pflogsumm files these under type "cleanup", reason header/body/END-OF-MESSAGE
-                kind = {"milter-reject": "reject", "warning": "reject_warning"}.get(sub, sub)
-                self._count(kind, ph, pd)[("cleanup", where)][rmdr] += 1
+                self._count(self._cleanup_entry(r), ph, pd)
                 return
         if qid == "warning":
-            reason = _trim(re.sub(r"^.*warning: ", "", rest, count=1), 66)
-            self.warnings[cmd][reason] += 1
-            s = _SASL.search(rest)
-            if s and cmd == "smtpd":
-                self.sasl_failures[s.group(1)] += 1
+            self._warning_entry(cmd, rest)
             return
         if qid in ("fatal", "panic"):
             return
-        if qid in ("reject", "reject_warning", "hold", "discard"):
+        if qid in _TABLES:
             self._reject(qid, rest, ph, pd)
             return
         if cmd == "master":
@@ -288,20 +318,37 @@ class Summary:
         row[0] += 1
         row[1] += size
 
-    def _count(self, kind: str, ph, pd) -> dict:
-        """Count a reject, reject warning, hold or discard; its detail table."""
-        table, figure = {"reject": (self.rejects, "rejected"),
-                         "reject_warning": (self.warns, "reject_warnings"),
-                         "hold": (self.holds, "held"),
-                         "discard": (self.discards, "discarded")}[kind]
-        self.n[figure] += 1
+    def _count(self, kind: str, ph, pd) -> None:
+        """Count a reject, reject warning, hold or discard in its figure, hour and day."""
+        self.n[_TABLES[kind][1]] += 1
         ph[4] += 1
         pd[4] += 1
-        return table
 
     def _reject(self, kind: str, line: str, ph, pd) -> None:
+        self._count(kind, ph, pd)
+        self._reject_entry(kind, line)
+
+    # the detail tables of the lines pflogsumm normalises (mailops.pflogc feeds them the
+    # distinct lines its compiled loop kept, with their counts)
+    def _reject_entry(self, kind: str, line: str, count: int = 1) -> None:
         typ, reason, data = reject_reason(line)
-        self._count(kind, ph, pd)[(typ, reason)][data] += 1
+        getattr(self, _TABLES[kind][0])[(typ, reason)][data] += count
+
+    def _cleanup_entry(self, r: re.Match, count: int = 1) -> str:
+        """cleanup's reject, warning, hold or discard (an ``_CLEANUP`` match); its kind."""
+        sub, where, rmdr = r.groups()
+        rmdr = _trim(re.sub(r"( from \S+?)?; from=<.*$", "", rmdr, count=1), 64)
+        # pflogsumm files these under type "cleanup", reason header/body/END-OF-MESSAGE
+        kind = {"milter-reject": "reject", "warning": "reject_warning"}.get(sub, sub)
+        getattr(self, _TABLES[kind][0])[("cleanup", where)][rmdr] += count
+        return kind
+
+    def _warning_entry(self, cmd: str, rest: str, count: int = 1) -> None:
+        reason = _trim(re.sub(r"^.*warning: ", "", rest, count=1), 66)
+        self.warnings[cmd][reason] += count
+        s = _SASL.search(rest)
+        if s and cmd == "smtpd":
+            self.sasl_failures[s.group(1)] += count
 
     # -- results ---------------------------------------------------------------------------
     def grand_totals(self) -> dict:
@@ -358,6 +405,35 @@ def lines(paths: Iterable[str | Path]) -> Iterator[str]:
         raw = gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
         with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as f:
             yield from f
+
+
+def blocks(paths: Iterable[str | Path], size: int = 32 << 20) -> Iterator[bytes]:
+    """Whole lines, about ``size`` bytes at a time, across files (``.gz`` decompressed);
+    every block ends with a newline."""
+    for p in paths:
+        p = Path(p)
+        with gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb") as f:
+            left = b""
+            while data := f.read(size):
+                data = left + data
+                cut = data.rfind(b"\n") + 1
+                left = data[cut:]
+                if cut:
+                    yield data[:cut]
+            if left:
+                yield left + b"\n"
+
+
+def line_blocks(lines: Iterable[str], batch: int = 100_000) -> Iterator[bytes]:
+    """Lines from elsewhere (the store) as blocks of ``batch`` lines, UTF-8."""
+    chunk = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= batch:
+            yield ("\n".join(chunk) + "\n").encode()
+            chunk = []
+    if chunk:
+        yield ("\n".join(chunk) + "\n").encode()
 
 
 def summarize(paths: Iterable[str | Path], day: dt.date | None = None,

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import gzip
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from . import pflog
 from .pflog import MONTHS, gimme_domain
@@ -66,28 +65,6 @@ def _nocap(pattern: str) -> str:
     """The pattern without its anchor and named groups (for a match-only scan)."""
     import re
     return re.sub(r"\(\?P<\w+>", "(?:", pattern.lstrip("^"))
-
-
-def _blocks(paths: Iterable[str | Path]) -> Iterator[bytes]:
-    """Whole lines, about BLOCK bytes at a time, across files."""
-    for p in paths:
-        p = Path(p)
-        f = gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
-        with f:
-            left = b""
-            while True:
-                data = f.read(BLOCK)
-                if not data:
-                    break
-                data = left + data
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    left = data
-                    continue
-                left = data[cut:]
-                yield data[:cut]
-            if left:
-                yield left + b"\n"
 
 
 def _lines(block: bytes):
@@ -141,22 +118,13 @@ class FastSummary:
 def summarize(paths: Iterable[str | Path], day: dt.date | None = None,
               today: dt.date | None = None) -> FastSummary:
     """The figures of these files (plain or ``.gz``), in order."""
-    return summarize_blocks(_blocks(paths), day, today)
+    return summarize_blocks(pflog.blocks(paths, BLOCK), day, today)
 
 
 def summarize_lines(lines: Iterable[str], day: dt.date | None = None,
                     today: dt.date | None = None, batch: int = 100_000) -> FastSummary:
     """The figures of lines from elsewhere (the store), in order."""
-    def blocks():
-        chunk = []
-        for line in lines:
-            chunk.append(line)
-            if len(chunk) >= batch:
-                yield ("\n".join(chunk) + "\n").encode()
-                chunk = []
-        if chunk:
-            yield ("\n".join(chunk) + "\n").encode()
-    return summarize_blocks(blocks(), day, today)
+    return summarize_blocks(pflog.line_blocks(lines, batch), day, today)
 
 
 def summarize_blocks(blocks: Iterable[bytes], day: dt.date | None = None,

@@ -16,11 +16,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pflog_corpus as corpus  # noqa: E402
-from mailops import pflog, pflogfast  # noqa: E402
+from mailops import pflog, pflogc, pflogfast  # noqa: E402
 
-# the reference (line by line) and the vectorised engine the CLI uses: both must be exact
-ENGINES = pytest.mark.parametrize("engine", [pflog.summarize, pflogfast.summarize],
-                                  ids=["stream", "polars"])
+# the reference (line by line), the compiled engine the CLI uses and the vectorised one:
+# each must be exact
+ENGINES = pytest.mark.parametrize("engine", [pflog.summarize, pflogc.summarize,
+                                             pflogfast.summarize],
+                                  ids=["stream", "compiled", "polars"])
 
 PFLOGSUMM = shutil.which("pflogsumm") or "/usr/sbin/pflogsumm"
 needs_pflogsumm = pytest.mark.skipif(not Path(PFLOGSUMM).exists(),
@@ -241,9 +243,11 @@ def test_per_day_keeps_the_rfc3339_year():
     assert list(s.per_day) == ["2019-03-04"]
 
 
+@pytest.mark.parametrize("fast_engine", [pflogc.summarize, pflogfast.summarize],
+                         ids=["compiled", "polars"])
 @pytest.mark.parametrize("fmt,seed,day", [("syslog", 21, None), ("maillog", 22, 3),
                                           ("rfc3339", 23, None), ("rfc3339", 24, 5)])
-def test_the_vectorised_engine_equals_the_reference(tmp_path, fmt, seed, day):
+def test_the_fast_engines_equal_the_reference(tmp_path, fmt, seed, day, fast_engine):
     """Every output, to the last domain and reason, including the Solaris tags, lines
     of other programs, undecodable bytes, a line without its end and a one-day filter."""
     log = tmp_path / "x.log"
@@ -253,7 +257,7 @@ def test_the_vectorised_engine_equals_the_reference(tmp_path, fmt, seed, day):
         f.write(b"Dec  1 10:00:01 mx postfix/qmgr[2]: ABC: from=<x@y>, size=10, nrcpt=1")
     when = corpus.first_day() + dt.timedelta(days=day) if day is not None else None
     ref = pflog.summarize([log], day=when).to_dict()
-    fast = pflogfast.summarize([log], day=when).to_dict()
+    fast = fast_engine([log], day=when).to_dict()
     for key in ref:
         assert fast[key] == ref[key], key
     assert ref["grand_totals"]["received"] > 0
