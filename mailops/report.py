@@ -93,8 +93,8 @@ def offline(page: str) -> str:
 def run(params_file: str | Path, kind: str = "daily", date: str = "", *,
         collect: bool = True, reports: Path = REPORTS, pages=PAGES, mail: bool = True,
         log=print) -> ReportResult:
-    import papermill
     from .collect import collect as do_collect, host_name, store_for
+    from .kernel import execute
     from .params import load_params
     from .session import Session
     if kind not in PERIODS:
@@ -124,9 +124,7 @@ def run(params_file: str | Path, kind: str = "daily", date: str = "", *,
             args = {"params_file": str(params_file), "hosts": host, "period": kind,
                     "date": per.end.isoformat(), "collect": False}
         try:
-            papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(nb_out),
-                                       parameters=args, kernel_name="python3",
-                                       cwd=str(NOTEBOOKS), progress_bar=False)
+            execute(NOTEBOOKS / f"{name}.ipynb", nb_out, args, cwd=str(NOTEBOOKS))
             states[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - the page shows the failed cell
             states[name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"

@@ -248,13 +248,11 @@ def _run_notebook(step: Step, params_file: Path, apply: bool, run_dir: Path,
 def _execute(notebook: Path, out: Path, rec_file: Path, parameters: dict) -> dict:
     """Run a notebook through papermill; its record (written by its last cell), with
     the failing cell's error when a cell failed."""
-    import papermill
+    from .kernel import execute
     error = None
     try:
-        papermill.execute_notebook(
-            str(notebook), str(out), cwd=str(notebook.parent),
-            parameters={**parameters, "record_file": str(rec_file)},
-            kernel_name="python3", progress_bar=False, log_output=False)
+        execute(notebook, out, {**parameters, "record_file": str(rec_file)},
+                cwd=str(notebook.parent), log_output=False)
     except Exception as exc:  # noqa: BLE001 - papermill wraps the cell's error
         error = _cell_error(exc)
     data = json.loads(rec_file.read_text()) if rec_file.exists() else {}

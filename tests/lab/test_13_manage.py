@@ -267,32 +267,27 @@ def test_alias_catchall_and_domain(params, session, mailboxes):
 
 def test_users_notebook_under_papermill(params, session, tmp_path):
     import papermill
+    from mailops.kernel import execute
     addr = f"nb-{tag()}@lab.test"
     out = tmp_path / "users.ipynb"
     nb = ROOT / "notebooks" / "management" / "users.ipynb"
     rec = tmp_path / "rec.json"
-    papermill.execute_notebook(str(nb), str(out), cwd=str(nb.parent), kernel_name="python3",
-                               progress_bar=False, parameters={
-                                   "params_file": str(LAB_PARAMS), "action": "add", "address": addr,
-                                   "password": "generate", "quota_mb": 30, "dry_run": True,
-                                   "record_file": str(rec)})
+    execute(nb, out, {"params_file": str(LAB_PARAMS), "action": "add", "address": addr,
+                      "password": "generate", "quota_mb": 30, "dry_run": True,
+                      "record_file": str(rec)}, cwd=str(nb.parent))
     assert json.loads(rec.read_text())["status"] == "planned"
     assert addr not in users.state(session).mailboxes
-    papermill.execute_notebook(str(nb), str(out), cwd=str(nb.parent), kernel_name="python3",
-                               progress_bar=False, parameters={
-                                   "params_file": str(LAB_PARAMS), "action": "add", "address": addr,
-                                   "password": "generate", "quota_mb": 30, "dry_run": False,
-                                   "record_file": str(rec)})
+    execute(nb, out, {"params_file": str(LAB_PARAMS), "action": "add", "address": addr,
+                      "password": "generate", "quota_mb": 30, "dry_run": False,
+                      "record_file": str(rec)}, cwd=str(nb.parent))
     record = json.loads(rec.read_text())
     assert record["status"] == "applied"
     assert users.state(session).mailboxes[addr]["quota_bytes"] == 30 * 1048576
     password = (manage.PASSWORD_DIR / f"{addr}.txt").read_text().strip()
     assert password not in out.read_text() and password not in rec.read_text()
     with pytest.raises(papermill.PapermillExecutionError, match="exists already"):
-        papermill.execute_notebook(str(nb), str(out), cwd=str(nb.parent), kernel_name="python3",
-                                   progress_bar=False, parameters={
-                                       "params_file": str(LAB_PARAMS), "action": "add",
-                                       "address": addr, "password": "generate", "dry_run": False})
+        execute(nb, out, {"params_file": str(LAB_PARAMS), "action": "add", "address": addr,
+                          "password": "generate", "dry_run": False}, cwd=str(nb.parent))
     cli("user", "remove", addr)
     session.host.run(["rm", "-rf", manage.REMOVED_DIR])
     (manage.PASSWORD_DIR / f"{addr}.txt").unlink()
