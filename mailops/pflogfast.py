@@ -154,7 +154,7 @@ def summarize_blocks(blocks: Iterable[bytes], day: dt.date | None = None,
             .otherwise(pl.col("M").cast(pl.Int32) - 1),
             dd=pl.when(syslog).then(pl.col("d").cast(pl.Int32)).otherwise(pl.col("D").cast(pl.Int32)),
             hour=pl.when(syslog).then(pl.col("h").cast(pl.Int32)).otherwise(pl.col("H").cast(pl.Int32)))
-        df = df.filter(pl.col("m0").is_not_null())
+        df = df.filter(pl.col("m0").is_not_null() & (pl.col("hour") <= 23))   # no such hour: skipped
         df = df.with_columns(year=pl.when(syslog).then(
             pl.when(pl.col("m0") > this_month).then(this_year - 1).otherwise(this_year))
             .otherwise(pl.col("Y").cast(pl.Int32)))

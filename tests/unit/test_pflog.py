@@ -254,6 +254,7 @@ def test_the_fast_engines_equal_the_reference(tmp_path, fmt, seed, day, fast_eng
     corpus.write(log, 2500, fmt, seed=seed, days=8, solaris_every=30)
     with open(log, "ab") as f:
         f.write(b"Dec  1 10:00:00 mx postfix/smtpd[1]: warning: bad \xff\xfe bytes\n")
+        f.write(b"Dec  1 25:00:00 mx postfix/smtpd[1]: ZZZ: client=a[203.0.113.9]\n")  # no hour 25
         f.write(b"Dec  1 10:00:01 mx postfix/qmgr[2]: ABC: from=<x@y>, size=10, nrcpt=1")
     when = corpus.first_day() + dt.timedelta(days=day) if day is not None else None
     ref = pflog.summarize([log], day=when).to_dict()
