@@ -24,6 +24,20 @@
 #include <errno.h>
 #include <unistd.h>
 
+/* ------------------------------------------------------------------ buffers ------------ */
+
+/* *buf holding at least n bytes (its size doubled from 1 KiB): 0, or -1 with MemoryError */
+static int reserve(char **buf, size_t *cap, size_t n) {
+    if (n <= *cap) return 0;
+    size_t c = *cap ? *cap : 1024;
+    while (c < n) c *= 2;
+    char *b = realloc(*buf, c);
+    if (!b) { PyErr_NoMemory(); return -1; }
+    *buf = b;
+    *cap = c;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ hash table --------- */
 
 typedef struct {
@@ -118,14 +132,7 @@ static long tab_find(Table *t, const char *k, size_t n, int create) {
         t->pay = pa;
         t->cap = c;
     }
-    if (t->keys_len + n > t->keys_cap) {
-        size_t c = t->keys_cap ? t->keys_cap : 4096;
-        while (c < t->keys_len + n) c *= 2;
-        char *ks = realloc(t->keys, c);
-        if (!ks) return -2;
-        t->keys = ks;
-        t->keys_cap = c;
-    }
+    if (reserve(&t->keys, &t->keys_cap, t->keys_len + n) < 0) return -2;
     size_t i = t->n++;
     memcpy(t->keys + t->keys_len, k, n);
     t->koff[i] = t->keys_len;
@@ -217,14 +224,7 @@ typedef struct {
 } Scanner;
 
 static char *scratch(Scanner *s, size_t n) {
-    if (n > s->buf_cap) {
-        size_t c = s->buf_cap ? s->buf_cap : 1024;
-        while (c < n) c *= 2;
-        char *b = realloc(s->buf, c);
-        if (!b) { PyErr_NoMemory(); s->failed = 1; return NULL; }
-        s->buf = b;
-        s->buf_cap = c;
-    }
+    if (reserve(&s->buf, &s->buf_cap, n) < 0) { s->failed = 1; return NULL; }
     return s->buf;
 }
 
@@ -258,14 +258,7 @@ static int32_t client_domain(Scanner *s, const char *c, size_t n) {
 /* pflog._lower_domain into s->abuf + 1, ASCII letters only (pflogc.py lowers the rest);
  * s->abuf[0] is left for a tag byte; *at is the first '@' (n when none) */
 static char *lower_domain(Scanner *s, const char *p, size_t n, size_t *at) {
-    if (n + 1 > s->abuf_cap) {
-        size_t c = s->abuf_cap ? s->abuf_cap : 256;
-        while (c < n + 1) c *= 2;
-        char *b = realloc(s->abuf, c);
-        if (!b) { PyErr_NoMemory(); return NULL; }
-        s->abuf = b;
-        s->abuf_cap = c;
-    }
+    if (reserve(&s->abuf, &s->abuf_cap, n + 1) < 0) return NULL;
     char *b = s->abuf + 1;
     memcpy(b, p, n);
     const char *a = memchr(p, '@', n);
@@ -286,14 +279,13 @@ static const char *tagged(Scanner *s, char tag, const char *p, size_t n) {
 
 static int count_rare(Scanner *s, char code, const char *mid, size_t mn, const char *rest, size_t rn) {
     /* key: code, mid (a reject kind or a program), NUL, the line after the host */
-    char *b = malloc(rn + mn + 2);
-    if (!b) { PyErr_NoMemory(); s->failed = 1; return -1; }
+    char *b = scratch(s, rn + mn + 2);
+    if (!b) return -1;
     b[0] = code;
     memcpy(b + 1, mid, mn);
     b[1 + mn] = 0;
     memcpy(b + 2 + mn, rest, rn);
     Count *c = entry(s, &s->rare, b, rn + mn + 2);
-    free(b);
     if (!c) return -1;
     c->count++;
     return 0;
@@ -356,7 +348,7 @@ static int smtpd_reject_kind(const char *p, const char *end) {
     return -1;
 }
 
-static double num(Scanner *s, const char *p, size_t n) {
+static double num(const char *p, size_t n) {
     /* pflog._num: float(text), 0.0 when it is not a number; plain decimals here */
     int digits = 0, dots = 0, plain = n > 0 && n < 64;
     for (size_t i = 0; plain && i < n; i++) {
@@ -393,14 +385,7 @@ static int line(Scanner *s, const char *p, const char *end) {
         const char *b = memchr(r + 1, ']', end - r - 1);
         if (!b || b == r + 1 || !starts(b, end, LIT("] "))) continue;
         size_t head = tag - p + 2, tail = end - (b + 2);
-        if (head + tail > s->lbuf_cap) {
-            size_t c = s->lbuf_cap ? s->lbuf_cap : 1024;
-            while (c < head + tail) c *= 2;
-            char *nb = realloc(s->lbuf, c);
-            if (!nb) { PyErr_NoMemory(); return -1; }
-            s->lbuf = nb;
-            s->lbuf_cap = c;
-        }
+        if (reserve(&s->lbuf, &s->lbuf_cap, head + tail) < 0) return -1;
         memcpy(s->lbuf, p, head);
         memcpy(s->lbuf + head, b + 2, tail);
         return postfix_line(s, s->lbuf, s->lbuf + head + tail);
@@ -654,7 +639,7 @@ static int postfix_line(Scanner *s, const char *p, const char *end) {
                                              : tagged(s, 'D', addr, an);
         size_t dkn = (at > 0 && at < an) ? an - at : an + 1;
         if (!dk) return -1;
-        double delay = num(s, ds, de - ds);
+        double delay = num(ds, de - ds);
 #define STATUS_IS(lit) (stn == sizeof(lit) - 1 && memcmp(st, lit, stn) == 0)
         if (STATUS_IS("sent")) {
             if (find(se, end, LIT("forwarded as "))) { n[F_FORWARDED]++; return 0; }
@@ -748,14 +733,7 @@ static const char *line_end(const char *p, const char *end) {
 }
 
 static int carry_add(Scanner *s, const char *p, size_t n) {
-    if (s->carry_len + n > s->carry_cap) {
-        size_t c = s->carry_cap ? s->carry_cap : 1024;
-        while (c < s->carry_len + n) c *= 2;
-        char *b = realloc(s->carry, c);
-        if (!b) { PyErr_NoMemory(); return -1; }
-        s->carry = b;
-        s->carry_cap = c;
-    }
+    if (reserve(&s->carry, &s->carry_cap, s->carry_len + n) < 0) return -1;
     memcpy(s->carry + s->carry_len, p, n);
     s->carry_len += n;
     return 0;

@@ -156,7 +156,7 @@ def _logs(args) -> int:
         return 2
     if engine is None:              # auto: compiled when built, else polars up to AUTO_LIMIT
         engine = pflogc.summarize if pflogc.available() else (
-            pflogfast.summarize if pflogfast.input_size(args.files) <= pflogfast.AUTO_LIMIT
+            pflogfast.summarize if pflog.input_size(args.files) <= pflogfast.AUTO_LIMIT
             else pflog.summarize)
     s = engine(args.files, day=day)
     print(json.dumps(s.to_dict(), indent=2) if args.json else pflog.text(s), end="")

@@ -407,6 +407,11 @@ def lines(paths: Iterable[str | Path]) -> Iterator[str]:
             yield from f
 
 
+def input_size(paths) -> int:
+    """The files' size, compressed ones counted 8 times (postfix logs compress ~8-10x)."""
+    return sum(Path(p).stat().st_size * (8 if str(p).endswith(".gz") else 1) for p in paths)
+
+
 def blocks(paths: Iterable[str | Path], size: int = 32 << 20) -> Iterator[bytes]:
     """Whole lines, about ``size`` bytes at a time, across files (``.gz`` decompressed);
     every block ends with a newline."""

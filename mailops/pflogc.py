@@ -44,9 +44,7 @@ def summarize(paths: Iterable[str | Path], day: dt.date | None = None,
     with two cores or more) a forked process files the rare lines while C reads on."""
     paths = list(paths)
     if parallel is None:
-        parallel = (os.cpu_count() or 1) > 1 and sum(
-            Path(p).stat().st_size * (8 if str(p).endswith(".gz") else 1)
-            for p in paths) >= PARALLEL_FROM
+        parallel = (os.cpu_count() or 1) > 1 and pflog.input_size(paths) >= PARALLEL_FROM
 
     def feed(scan):
         for p in map(Path, paths):
@@ -78,7 +76,8 @@ def summarize_blocks(blocks: Iterable[bytes], day: dt.date | None = None,
     return _summarize(feed, day, today)
 
 
-def _summarize(feed, day: dt.date | None, today: dt.date | None, filer=None) -> pflog.Summary:
+def _summarize(feed, day: dt.date | None, today: dt.date | None,
+               filer: type[_Inline] | None = None) -> pflog.Summary:
     """feed(scan) gives the scanner the input, yielding now and then (rare lines are
     filed at those points, so the C side holds at most about RARE_BATCH of them)."""
     filer = filer or _Inline

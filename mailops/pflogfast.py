@@ -32,10 +32,6 @@ BLOCK = 32 << 20
 AUTO_LIMIT = 256 << 20          # `logs summary --engine auto`: above this, the streaming engine
 
 
-def input_size(paths) -> int:
-    """The files' size, compressed ones counted 8 times (postfix logs compress ~8-10x)."""
-    return sum(Path(p).stat().st_size * (8 if str(p).endswith(".gz") else 1) for p in paths)
-
 # the timestamp and host: only this prefix is matched (a capture over the whole line is slow)
 _PREFIX = (r"^(?:\w{3} {1,2}\d{1,2} \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
            r"(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)) \S+ ")
