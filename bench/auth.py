@@ -19,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailops.params import load_params  # noqa: E402
-from mailops.resources.maildb import userdb  # noqa: E402
-from mailops.session import Session  # noqa: E402
-from mailops.users import set_password  # noqa: E402
-from mailops.verify import target_from  # noqa: E402
+from mailops.core.params import load_params  # noqa: E402
+from mailops.core.resources.maildb import userdb  # noqa: E402
+from mailops.provision.session import Session  # noqa: E402
+from mailops.manage.users import set_password  # noqa: E402
+from mailops.provision.verify import target_from  # noqa: E402
 
 PARAMS = ROOT / "parameters" / "lab.yaml"
 

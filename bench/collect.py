@@ -22,10 +22,10 @@ OUT = ROOT / "bench" / "results"
 
 
 def main() -> int:
-    from mailops import verify
-    from mailops.collect import collect
-    from mailops.session import open_session
-    from mailops.store import Store
+    from mailops.provision import verify
+    from mailops.insight.collect import collect
+    from mailops.provision.session import open_session
+    from mailops.insight.store import Store
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default=str(ROOT / "parameters" / "lab.yaml"))
     ap.add_argument("--runs", type=int, default=10)

@@ -6,7 +6,7 @@
 Writes a synthetic store (one parquet part per day, the layout `mailops collect`
 writes; `bench/results/insight-store/`, reused when it exists), then times each
 table two ways in separate processes, measuring their peak RSS:
-  duckdb   mailops.insight's queries (partition pruning, aggregation in DuckDB)
+  duckdb   mailops.insight.queries's queries (partition pruning, aggregation in DuckDB)
   pandas   the naive way: read the period's parts into one frame, then group
 and prints the ratios.  Results: bench/results/insight.json.
 """
@@ -59,8 +59,8 @@ def build(store: Path, per_day: int, days: int, start: dt.date) -> None:
 
 def child(way: str, store: str, kind: str, on: str) -> None:
     import pandas as pd
-    from mailops import insight as mi
-    from mailops.store import Store
+    from mailops.insight import queries as mi
+    from mailops.insight.store import Store
     s = Store(store)
     p = mi.period_for(kind, on)
     t0 = time.perf_counter()

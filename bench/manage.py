@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailops import manage, users  # noqa: E402
-from mailops.layout import VHOSTS  # noqa: E402
-from mailops.params import load_params  # noqa: E402
-from mailops.secrets import Secret  # noqa: E402
-from mailops.session import Session  # noqa: E402
+from mailops.manage import accounts as manage, users  # noqa: E402
+from mailops.core.layout import VHOSTS  # noqa: E402
+from mailops.core.params import load_params  # noqa: E402
+from mailops.core.secrets import Secret  # noqa: E402
+from mailops.provision.session import Session  # noqa: E402
 
 PARAMS = ROOT / "parameters" / "lab.yaml"
 DOMAIN = "bench-manage.test"

@@ -30,12 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailops import lab, manage, migrate, users  # noqa: E402
-from mailops.checks.clients import IMAPS  # noqa: E402
-from mailops.params import load_params  # noqa: E402
+from mailops.lab import peers
+from mailops.manage import accounts as manage, migrate, users  # noqa: E402
+from mailops.provision.checks.clients import IMAPS  # noqa: E402
+from mailops.core.params import load_params  # noqa: E402
 from mailops.remote.migrate import _folders  # noqa: E402
-from mailops.secrets import Secret  # noqa: E402
-from mailops.session import Session  # noqa: E402
+from mailops.core.secrets import Secret  # noqa: E402
+from mailops.provision.session import Session  # noqa: E402
 
 PARAMS = ROOT / "parameters" / "lab.yaml"
 LOGIN = "bulk@old.test"
@@ -57,8 +58,8 @@ def add_target(s) -> tuple[str, Secret]:
 def append_copy(params, old_pw: str, address: str, password: Secret) -> int:
     """FETCH from the old server, APPEND to the new one, folder by folder."""
     ca = params.path(params.tls.ca_dir) / "ca.crt"
-    spec = lab.old_imap_spec(params)
-    src = IMAPS(str(spec.address), 993, lab.OLD_IMAP_NAME, ssl_context=ctx(ca), timeout=60)
+    spec = peers.old_imap_spec(params)
+    src = IMAPS(str(spec.address), 993, peers.OLD_IMAP_NAME, ssl_context=ctx(ca), timeout=60)
     dst = IMAPS(str(params.addresses[0]), 993, params.hostname, ssl_context=ctx(ca), timeout=60)
     src.login(LOGIN, old_pw)
     dst.login(address, password.reveal())
@@ -85,10 +86,10 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(PARAMS)
     manage.PASSWORD_DIR = Path("/tmp/mailops-bench-passwords")
-    lab.prepare_old_imap_host(params, {LOGIN: args.messages})
+    peers.prepare_old_imap_host(params, {LOGIN: args.messages})
     import yaml
-    old_pw = yaml.safe_load((lab.old_imap_spec(params).state_dir / "secrets.yaml").read_text())[
-        lab.OLD_IMAP_SECRET]
+    old_pw = yaml.safe_load((peers.old_imap_spec(params).state_dir / "secrets.yaml").read_text())[
+        peers.OLD_IMAP_SECRET]
     src = migrate.Source.parse("imaps://imap.old.test", params.path(params.tls.ca_dir) / "ca.crt")
     out: dict = {"messages": args.messages}
     with Session(params) as s:

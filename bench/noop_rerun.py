@@ -35,16 +35,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailops.params import load_params  # noqa: E402
-from mailops.resources import Directory, File, Group, Link, Packages, Service, User  # noqa: E402
-from mailops.resources.maildb import (DB_PATH, CatchAll, MailAlias, Mailbox,  # noqa: E402
-                                      MailDomain, UsersDatabase)
-from mailops.resources import SieveScript  # noqa: E402
-from mailops.resources.borg import BorgRepository  # noqa: E402
-from mailops.resources.files import CopiedFile, SecretFile, ValidatedFile  # noqa: E402
-from mailops.resources.rspamd import ControllerPassword, DkimKey  # noqa: E402
-from mailops.session import Session  # noqa: E402
-from mailops.steps import STEPS  # noqa: E402
+from mailops.core.params import load_params  # noqa: E402
+from mailops.core.resources import Directory, File, Group, Link, Packages, Service, User  # noqa: E402
+from mailops.core.resources.maildb import DB_PATH, CatchAll, MailAlias, Mailbox, MailDomain, UsersDatabase
+from mailops.core.resources import SieveScript  # noqa: E402
+from mailops.core.resources.borg import BorgRepository  # noqa: E402
+from mailops.core.resources.files import CopiedFile, SecretFile, ValidatedFile  # noqa: E402
+from mailops.core.resources.rspamd import ControllerPassword, DkimKey  # noqa: E402
+from mailops.provision.session import Session  # noqa: E402
+from mailops.provision.steps import STEPS  # noqa: E402
 
 PARAMS = ROOT / "parameters" / "lab.yaml"
 VENV = ROOT / "bench" / ".venv-ansible"

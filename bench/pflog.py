@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 
-# the line-by-line reference engine (mailops.pflog.Summary), timed the same way
+# the line-by-line reference engine (mailops.insight.pflog.Summary), timed the same way
 STREAM = ("import sys, json; from mailops import pflog; "
           "print(json.dumps(pflog.summarize(sys.argv[1:]).grand_totals()))")
 
@@ -71,7 +71,7 @@ def main() -> None:
             n = sum(1 for _ in open(log, "rb"))
         # each in its own process, one after the other, lowest peak RSS first
         # (RUSAGE_CHILDREN's peak is the highest of every child so far)
-        cli = [sys.executable, "-m", "mailops.cli", "logs", "summary", "--json"]
+        cli = [sys.executable, "-m", "mailops.cli.main", "logs", "summary", "--json"]
         stream_s, stream_out, stream_rss = timed([sys.executable, "-c", STREAM, str(log)])
         ours_s, ours_out, rss = timed(cli + [str(log)])
         polars_s, polars_out, polars_rss = timed(cli + ["--engine", "polars", str(log)])
@@ -85,7 +85,7 @@ def main() -> None:
         same = same and fast["grand_totals"] == stream == json.loads(polars_out)["grand_totals"]
     if not same:
         raise SystemExit("the grand totals differ from pflogsumm's")
-    from mailops import pflogc
+    from mailops.insight import pflogc
     out = {"lines": n, "engine": "compiled" if pflogc.available() else "auto (not compiled)",
            "pflogsumm_s": round(theirs_s, 2), "mailops_s": round(ours_s, 2),
            "mailops_polars_s": round(polars_s, 2), "mailops_stream_s": round(stream_s, 2),

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailops.params import load_params  # noqa: E402
-from mailops.session import Session  # noqa: E402
+from mailops.core.params import load_params  # noqa: E402
+from mailops.provision.session import Session  # noqa: E402
 
 PARAMS = ROOT / "parameters" / "lab.yaml"
 

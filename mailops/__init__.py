@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib
 
-_WHERE = {"ParamsError": "params", "load_params": "params",
-          "ApplyResult": "plan", "Plan": "plan", "Status": "plan", "StepFailed": "plan",
-          "Session": "session", "finish": "session", "open_session": "session"}
+_WHERE = {"ParamsError": "core.params", "load_params": "core.params",
+          "ApplyResult": "core.plan", "Plan": "core.plan", "Status": "core.plan",
+          "StepFailed": "core.plan",
+          "Session": "provision.session", "finish": "provision.session",
+          "open_session": "provision.session"}
 __all__ = sorted(_WHERE)
 __version__ = "0.1.0"
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mailops import lab
-from mailops.params import load_params
-from mailops.session import Session
+from mailops.lab import hosts as lab
+from mailops.lab import internet
+from mailops.lab import peers
+from mailops.core.params import load_params
+from mailops.provision.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_PARAMS = ROOT / "parameters" / "lab.yaml"
@@ -34,10 +36,10 @@ def lab_spec(lab_params):
 
 @pytest.fixture(scope="session")
 def lab_up(lab_spec, lab_params):
-    lab.prepare_dns_host(lab_params)         # the lab zones' authoritative server (lab6)
-    lab.prepare_acme_ca(lab_params)          # and the lab's ACME CA (pebble, on lab6)
+    internet.prepare_dns_host(lab_params)         # the lab zones' authoritative server (lab6)
+    internet.prepare_acme_ca(lab_params)          # and the lab's ACME CA (pebble, on lab6)
     lab.up(lab_spec)
-    lab.prepare_backup_host(lab_params)      # the borg repository host (lab3)
+    peers.prepare_backup_host(lab_params)      # the borg repository host (lab3)
     lab.reset_egress_watch(lab_spec)         # test_99 checks no packet left the lab
     return lab_spec
 
@@ -55,7 +57,7 @@ def params(lab_up):
 def publish_dns(p):
     """The server's records at the lab's DNS host, as `mailops dns publish --apply`
     (a no-op when they are there)."""
-    from mailops import dnsrecords
+    from mailops.provision import dnsrecords
     with Session(p) as s:
         r = dnsrecords.publish(s, apply=True)
     assert r.ok, r
@@ -70,7 +72,7 @@ def session(lab_up, lab_params):
 
 def mailops_cli(*args, check=True, env=None):
     """The command a user types, in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "mailops.cli", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "mailops.cli.main", *args], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=1800)
     if check and proc.returncode != 0:
         raise AssertionError(f"mailops {' '.join(args)} exited {proc.returncode}:\n"
@@ -99,7 +101,7 @@ def build_from_nothing(params_file: Path) -> dict:
     lab.down(spec, purge=True, log=quiet)
     if not lab.up(spec, log=quiet).up:
         raise AssertionError(f"lab {spec.name} did not come up")
-    lab.prepare_backup_host(p, log=quiet)
+    peers.prepare_backup_host(p, log=quiet)
     return provision_json("--params", str(params_file), "--apply")
 
 
@@ -145,7 +147,7 @@ def trixie_lab(lab_up):
     p = load_params(TRIXIE)
     spec = lab.LabSpec.from_params(p)
     lab.up(spec)
-    lab.prepare_backup_host(p)
+    peers.prepare_backup_host(p)
     res = provision_json("--params", str(TRIXIE), "--apply")
     assert res["ok"], res
     yield TRIXIE, p

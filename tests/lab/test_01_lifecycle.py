@@ -3,8 +3,8 @@ import os
 import signal
 import time
 
-from mailops import lab
-from mailops.host import LocalHost
+from mailops.lab import hosts as lab
+from mailops.core.host import LocalHost
 
 
 def test_lab_up_from_nothing(lab_spec):

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from conftest import LAB_PARAMS, SYSTEMD, TRIXIE, provision_json
-from mailops.params import load_params
-from mailops.steps import STEPS
-from mailops.session import Session
+from mailops.core.params import load_params
+from mailops.provision.steps import STEPS
+from mailops.provision.session import Session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,7 +103,7 @@ def test_changed_parameter_is_a_dry_run_diff_until_applied(lab_up, tmp_path, lab
 def test_invalid_template_on_the_real_host_is_rolled_back(lab_up, lab_params, tmp_path):
     """A resolver record unbound-checkconf rejects: the old config is restored
     and unbound keeps answering."""
-    from mailops.resources import Action
+    from mailops.core.resources import Action
     bad = lab_params.model_copy(update={"resolver": lab_params.resolver.model_copy(
         update={"extra_records": ["broken record without a type"]}),
         # local data (no DNS host): the record goes into unbound.conf

@@ -9,8 +9,8 @@ import dns.rcode
 import pytest
 
 from conftest import ROOT
-from mailops.host import CommandTimeout, HostKeyError, SSHHost
-from mailops.params import ParamsError
+from mailops.core.host import CommandTimeout, HostKeyError, SSHHost
+from mailops.core.params import ParamsError
 
 LISTENER = ("perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalPort => 8080, "
             "Listen => 5, ReuseAddr => 1) or die $!; while ($c = $s->accept) "
@@ -112,7 +112,7 @@ def test_bad_parameters_fail_before_any_connection(tmp_path):
         f = tmp_path / "p.yaml"
         f.write_text(f"target: ssh://root@127.0.0.1:{port}\nssh: {{key_file: k, known_hosts: known_hosts}}\n"
                      f"hostname: {hostname}\nmail_domains: [lab.test]\naddresses: [198.51.100.10]\n")
-        return subprocess.run([sys.executable, "-m", "mailops.cli", "provision", "--params", str(f)],
+        return subprocess.run([sys.executable, "-m", "mailops.cli.main", "provision", "--params", str(f)],
                               capture_output=True, text=True, cwd=ROOT, timeout=60)
 
     bad = run("not_a_hostname")

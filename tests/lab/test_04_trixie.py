@@ -6,10 +6,11 @@ import shutil
 import pytest
 
 from conftest import ROOT, TRIXIE, mailops_cli, provision_json
-from mailops import backup, lab, verify
-from mailops.checks import smtp
-from mailops.params import load_params
-from mailops.session import Session
+from mailops.provision import backup, verify
+from mailops.lab import hosts as lab
+from mailops.provision.checks import smtp
+from mailops.core.params import load_params
+from mailops.provision.session import Session
 
 @pytest.mark.slow
 def test_trixie_mail_server_from_nothing(lab_up, prebuild, tmp_path):

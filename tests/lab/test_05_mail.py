@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
-from mailops import verify
-from mailops.checks import smtp
-from mailops.params import load_params
-from mailops.resources.maildb import userdb
-from mailops.secrets import Secret, resolve
-from mailops.session import Session
-from mailops.users import set_password
+from mailops.provision import verify
+from mailops.provision.checks import smtp
+from mailops.core.params import load_params
+from mailops.core.resources.maildb import userdb
+from mailops.core.secrets import Secret, resolve
+from mailops.provision.session import Session
+from mailops.manage.users import set_password
 from test_02_provision import changed_params
 
 

@@ -8,12 +8,12 @@ import uuid
 import dkim
 import pytest
 
-from mailops import verify
-from mailops.checks.clients import take
-from mailops.dnsrecords import DnsRecord, dkim_records
-from mailops.resources.rspamd import PASSWORD_FILE, dkim_record
-from mailops.secrets import resolve
-from mailops.session import Session
+from mailops.provision import verify
+from mailops.provision.checks.clients import take
+from mailops.provision.dnsrecords import DnsRecord, dkim_records
+from mailops.core.resources.rspamd import PASSWORD_FILE, dkim_record
+from mailops.core.secrets import resolve
+from mailops.provision.session import Session
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 

@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from mailops import learning, verify
-from mailops.checks import server
-from mailops.session import Session
+from mailops.provision import learning, verify
+from mailops.provision.checks import server
+from mailops.provision.session import Session
 
 USER = "bob@example.test"
 WORDS = ("the garden committee will meet on Thursday evening to plan the spring market, "

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mailops import verify
-from mailops.checks import smtp
-from mailops.host import LocalHost
-from mailops.session import Session
-from mailops.steps import fail2ban as f2b
+from mailops.provision import verify
+from mailops.provision.checks import smtp
+from mailops.core.host import LocalHost
+from mailops.provision.session import Session
+from mailops.provision.steps import fail2ban as f2b
 
 # extra client addresses on the lab bridge (documentation range; /32, no route changes)
 IMAP_ATTACKER, SMTP_ATTACKER, BYSTANDER = "198.51.100.2", "198.51.100.3", "198.51.100.4"

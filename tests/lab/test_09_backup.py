@@ -8,10 +8,10 @@ import uuid
 import pytest
 
 from conftest import LAB_PARAMS, ROOT, mailops_cli
-from mailops import backup, verify
-from mailops.secrets import resolve
+from mailops.provision import backup, verify
+from mailops.core.secrets import resolve
 from mailops.remote.restore import FETCH_FIELDS, parse_fetch
-from mailops.layout import BACKUP as PATHS
+from mailops.core.layout import BACKUP as PATHS
 
 BOB_HOME = "/var/mail/vhosts/example.test/bob"
 
@@ -144,7 +144,7 @@ def test_drill_command_runs_the_notebook_and_writes_html(params):
 def test_seeded_corpus_is_backed_up_and_proven_by_the_drill(params, session):
     """What the README's first command does: seed the mailboxes (folders, flags,
     attachments), back up, and the drill compares every seeded message."""
-    from mailops.labmode import seed_mail
+    from mailops.lab.seed import seed_mail
     seed_mail(params)
     assert set(seed_mail(params).values()) == {0}                        # idempotent
     run_backup(session.host)

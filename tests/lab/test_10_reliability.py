@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mailops import verify
-from mailops.checks import smtp
-from mailops.session import Session
+from mailops.provision import verify
+from mailops.provision.checks import smtp
+from mailops.provision.session import Session
 
 # testssl 3.0.8 speaks no ManageSieve STARTTLS: 4190 is checked by hand below
 TLS_PORTS = {25: "smtp", 465: None, 587: "smtp", 993: None}

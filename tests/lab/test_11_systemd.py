@@ -8,10 +8,11 @@ import time
 import pytest
 
 from conftest import SYSTEMD, provision_json
-from mailops import lab, verify
-from mailops.layout import BACKUP
-from mailops.params import load_params
-from mailops.session import Session
+from mailops.lab import hosts as lab
+from mailops.provision import verify
+from mailops.core.layout import BACKUP
+from mailops.core.params import load_params
+from mailops.provision.session import Session
 
 SERVICES = ("postfix", "dovecot", "rspamd", "redis-server", "unbound", "fail2ban", "nftables",
             "ssh")

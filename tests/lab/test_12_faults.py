@@ -5,10 +5,10 @@ configuration that passed its check, and the next run finishing the job."""
 import json
 
 from conftest import LAB_PARAMS, provision_json
-from mailops import lab
-from mailops.host import HostError
-from mailops.plan import Status
-from mailops.session import Session
+from mailops.lab import hosts as lab
+from mailops.core.host import HostError
+from mailops.core.plan import Status
+from mailops.provision.session import Session
 
 MAIN_CF = "/etc/postfix/main.cf"
 
@@ -92,7 +92,7 @@ def test_apt_proxy_down_during_a_package_step(params, lab_spec):
     and nothing configured after it; with the proxy back the next run installs."""
     extra = params.model_copy(update={"packages": [*params.packages, "jq"]})
     state = json.loads((lab.RUN_DIR / f"apt-proxy-{lab_spec.bridge}.json").read_text())
-    from mailops.host import LocalHost
+    from mailops.core.host import LocalHost
     LocalHost().run(["kill", str(state["pid"])])
     try:
         with Session(extra) as s:

@@ -17,10 +17,10 @@ from unittest import mock
 import pytest
 
 from conftest import LAB_PARAMS, ROOT, mailops_cli
-from mailops import manage, users, usersieve
-from mailops.checks.clients import message, target_from
-from mailops.secrets import Secret
-from mailops.session import Session
+from mailops.manage import accounts as manage, users, usersieve
+from mailops.provision.checks.clients import message, target_from
+from mailops.core.secrets import Secret
+from mailops.provision.session import Session
 
 
 
@@ -267,7 +267,7 @@ def test_alias_catchall_and_domain(params, session, mailboxes):
 
 def test_users_notebook_under_papermill(params, session, tmp_path):
     import papermill
-    from mailops.kernel import execute
+    from mailops.core.kernel import execute
     addr = f"nb-{tag()}@lab.test"
     out = tmp_path / "users.ipynb"
     nb = ROOT / "notebooks" / "management" / "users.ipynb"

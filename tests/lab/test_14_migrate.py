@@ -21,10 +21,12 @@ import pytest
 import yaml
 
 from conftest import LAB_PARAMS, ROOT, mailops_cli, provision_json
-from mailops import lab, manage, pki
-from mailops.checks.clients import IMAPS, target_from
-from mailops.host import SSHHost
-from mailops.session import Session
+from mailops.lab import peers
+from mailops.manage import accounts as manage
+from mailops.provision import pki
+from mailops.provision.checks.clients import IMAPS, target_from
+from mailops.core.host import SSHHost
+from mailops.provision.session import Session
 
 OLD_LOGIN = "old@old.test"
 
@@ -35,9 +37,9 @@ def cli(*args, params=LAB_PARAMS, check=True, env=None):
 
 @pytest.fixture(scope="module")
 def old_server(lab_up, lab_params):
-    lab.prepare_old_imap_host(lab_params, {"inc@old.test": 40})
-    spec = lab.old_imap_spec(lab_params)
-    password = yaml.safe_load((spec.state_dir / "secrets.yaml").read_text())[lab.OLD_IMAP_SECRET]
+    peers.prepare_old_imap_host(lab_params, {"inc@old.test": 40})
+    spec = peers.old_imap_spec(lab_params)
+    password = yaml.safe_load((spec.state_dir / "secrets.yaml").read_text())[peers.OLD_IMAP_SECRET]
     ca = lab_params.path(lab_params.tls.ca_dir) / "ca.crt"
     return {"spec": spec, "password": password, "ca": ca}
 
@@ -57,7 +59,7 @@ def _context(ca):
 
 
 def connect_old(old):
-    return IMAPS(str(old["spec"].address), 993, lab.OLD_IMAP_NAME,
+    return IMAPS(str(old["spec"].address), 993, peers.OLD_IMAP_NAME,
                  ssl_context=_context(old["ca"]), timeout=30)
 
 
@@ -197,7 +199,7 @@ def test_a_rerun_copies_only_new_mail_and_flag_changes(any_lab, old_server, lab_
     again at the switch-over; mail that arrived here meanwhile stays (mode sync), and
     nothing is copied twice however often it runs (dsync's state per folder)."""
     params_file, p = any_lab
-    lab.prepare_old_imap_host(lab_params, {"inc@old.test": 40}, fresh=["inc@old.test"])
+    peers.prepare_old_imap_host(lab_params, {"inc@old.test": 40}, fresh=["inc@old.test"])
     address, password = new_mailbox(params_file)
     env = {"OLD_PW": old_server["password"]}
     args = ("migrate", "--from", "imaps://imap.old.test", "--ca-file", str(old_server["ca"]),

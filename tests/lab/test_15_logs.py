@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mailops import pflog, pflogc
-from mailops.session import Session
+from mailops.insight import pflog, pflogc
+from mailops.provision.session import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_pflog import assert_same, needs_pflogsumm, ours, pflogsumm  # noqa: E402

@@ -17,11 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mailops import collect as mc
-from mailops import insight as mi
-from mailops import report, status, verify
-from mailops.session import Session
-from mailops.store import Store
+from mailops.insight import collect as mc
+from mailops.insight import queries as mi
+from mailops.insight import report, status
+from mailops.provision import verify
+from mailops.provision.session import Session
+from mailops.insight.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import browser  # noqa: E402

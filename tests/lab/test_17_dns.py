@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 
-from mailops import dnsrecords, lab, verify
-from mailops.checks import dns as dns_checks
-from mailops.checks.result import CheckFailed
-from mailops.dnsrecords import Change, DnsRecord, Publisher, PublishError
+from mailops.provision import dnsrecords, verify
+from mailops.lab import internet
+from mailops.provision.checks import dns as dns_checks
+from mailops.provision.checks.result import CheckFailed
+from mailops.provision.dnsrecords import Change, DnsRecord, Publisher, PublishError
 
 
 @pytest.fixture
@@ -111,6 +112,6 @@ def test_a_wrong_tsig_key_is_refused_and_changes_nothing(params, provider):
 
 def test_dns_host_rebuilt_keeps_the_published_records(params, provider):
     """`mailops lab up` again (zones re-declared, knot reloaded) keeps what was published."""
-    lab.prepare_dns_host(params, log=lambda m: None)
+    internet.prepare_dns_host(params, log=lambda m: None)
     key = f"{params.rspamd.dkim_selector}._domainkey.lab.test"
     assert provider.resolver.ask(key, "TXT")[1][0].startswith("v=DKIM1")

@@ -7,9 +7,9 @@ import ssl
 import pytest
 from cryptography import x509
 
-from mailops import verify
-from mailops.checks import tls
-from mailops.resources.acme import DEPLOY_HOOK
+from mailops.provision import verify
+from mailops.provision.checks import tls
+from mailops.core.resources.acme import DEPLOY_HOOK
 
 
 def served(t, port: int, mode: str, ciphers: str) -> x509.Certificate:

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mailops import lab, verify
-from mailops.checks.clients import SMTP
-from mailops.host import LocalHost
-from mailops.params import load_params
-from mailops.session import Session
+from mailops.lab import hosts as lab
+from mailops.lab import internet
+from mailops.provision import verify
+from mailops.provision.checks.clients import SMTP
+from mailops.core.host import LocalHost
+from mailops.core.params import load_params
+from mailops.provision.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "parameters" / "lab-peer.yaml"
@@ -36,7 +38,7 @@ def peer(lab_up, lab_params):
     # the Debian 13 lab (mx2) is an MX of lab.test too, at mx1's preference: with it up,
     # the peer could deliver lab.test's mail there, and this module reads it at mx1
     lab.down(lab.LabSpec.from_params(load_params(TRIXIE)))
-    lab.prepare_dns_host(p, log=lambda m: None)         # adds peer.test to the DNS host
+    internet.prepare_dns_host(p, log=lambda m: None)         # adds peer.test to the DNS host
     lab.up(spec)
     proc = mailops_cli("provision", "--json", "--params", str(LAB_PARAMS), str(PEER), "--apply",
                        "--verify", check=False)
@@ -163,7 +165,7 @@ def test_a_wrong_tlsa_record_keeps_mail_queued_until_the_right_one_is_back(peer,
     message (it says why) rather than sending it over an unverified connection; the
     right record published again (88-dns's publish), the queue run delivers it."""
     from conftest import publish_dns
-    from mailops.dnsrecords import Change, DnsRecord, Publisher, Resolver, tlsa_name
+    from mailops.provision.dnsrecords import Change, DnsRecord, Publisher, Resolver, tlsa_name
     p, _, _ = peer
     t1, t2 = verify.target_from(params), verify.target_from(p)
     pub = Publisher(p.dns.update, p.base_dir, ttl=p.dns.ttl)

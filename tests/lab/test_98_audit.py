@@ -6,11 +6,11 @@ import time
 
 import yaml
 
-from mailops.layout import BACKUP
-from mailops.resources.maildb import userdb
-from mailops.resources.rspamd import PASSWORD_FILE
-from mailops.layout import LEARN_PASSWORD
-from mailops.session import Session
+from mailops.core.layout import BACKUP
+from mailops.core.resources.maildb import userdb
+from mailops.core.resources.rspamd import PASSWORD_FILE
+from mailops.core.layout import LEARN_PASSWORD
+from mailops.provision.session import Session
 
 from conftest import LAB_PARAMS, ROOT, provision_json
 

@@ -5,9 +5,11 @@ import socket
 from pathlib import Path
 
 from conftest import TRIXIE
-from mailops import lab
-from mailops.host import LocalHost
-from mailops.params import load_params
+from mailops.lab import hosts as lab
+from mailops.lab import internet
+from mailops.lab import peers
+from mailops.core.host import LocalHost
+from mailops.core.params import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +30,9 @@ def test_lab_down_of_one_server_keeps_the_hosts_another_one_uses(lab_up, lab_par
     trixie = lab.LabSpec.from_params(load_params(TRIXIE))
     lab.up(trixie, log=lambda m: None)
     # those of them that run (the backup and DNS hosts always do: lab_up starts them)
-    shared = [s for s in (lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
-                          lab.dns_spec(lab_params)) if lab.status(s).up]
-    assert {lab.backup_spec(lab_params).name, lab.dns_spec(lab_params).name} <= \
+    shared = [s for s in (peers.backup_spec(lab_params), peers.old_imap_spec(lab_params),
+                          internet.dns_spec(lab_params)) if lab.status(s).up]
+    assert {peers.backup_spec(lab_params).name, internet.dns_spec(lab_params).name} <= \
         {s.name for s in shared}
     pids = {s.name: lab.status(s).pid for s in shared}
     out = mailops_cli("lab", "down", "--purge", "--params", str(TRIXIE)).stdout
@@ -49,8 +51,8 @@ def test_lab_down_leaves_no_process_or_namespace(lab_up, lab_params):
     local = LocalHost()
     second_mx = lab.LabSpec.from_params(load_params(ROOT / "parameters" / "lab-peer.yaml"))
     trixie = lab.LabSpec.from_params(load_params(TRIXIE))
-    for peer in (trixie, second_mx, lab.backup_spec(lab_params), lab.old_imap_spec(lab_params),
-                 lab.dns_spec(lab_params)):
+    for peer in (trixie, second_mx, peers.backup_spec(lab_params), peers.old_imap_spec(lab_params),
+                 internet.dns_spec(lab_params)):
         # the Debian 13 lab, the second mail server, the borg repository host, the old
         # IMAP server and the DNS host first: the bridge and the apt proxy are shared
         if lab.status(peer).state == "down":

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mailops.checks.result import Check, CheckFailed, CheckReport, check, require
+from mailops.provision.checks.result import Check, CheckFailed, CheckReport, check, require
 
 
 def test_no_assert_statement_in_mailops(root):
@@ -17,7 +17,7 @@ def test_no_assert_statement_in_mailops(root):
 
 
 def test_failed_check_is_reported_under_python_O(root):
-    code = ("from mailops.checks.result import check, require\n"
+    code = ("from mailops.provision.checks.result import check, require\n"
             "c = check('x', lambda: require(1 == 2, 'one is not two') or 'fine')\n"
             "print(c.ok, c.evidence)\n")
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
@@ -37,8 +37,8 @@ def test_check_results_and_report():
 
 
 def test_smuggling_payload_hides_a_second_transaction_behind_the_ending():
-    from mailops.checks.clients import Target
-    from mailops.checks.smtp import SMUGGLING_ENDINGS, smuggling_payload
+    from mailops.provision.checks.clients import Target
+    from mailops.provision.checks.smtp import SMUGGLING_ENDINGS, smuggling_payload
     t = Target("198.51.100.10", "mx1.lab.test", None, {})
     for ending in SMUGGLING_ENDINGS.values():
         data = smuggling_payload(t, "alice@lab.test", ending, ("tok1", "tok2"))
@@ -50,7 +50,7 @@ def test_smuggling_payload_hides_a_second_transaction_behind_the_ending():
 
 
 def test_steps_never_import_each_other(root):
-    """Shared paths and facts live in mailops.layout and mailops.facts: a step
+    """Shared paths and facts live in mailops.core.layout and mailops.core.facts: a step
     module imports no other step (the dovecot <-> tls cycle hid in a function)."""
     steps = {p.stem for p in (root / "mailops" / "steps").glob("*.py")} - {"__init__", "checks",
                                                                           "shared"}
@@ -66,7 +66,7 @@ def test_steps_never_import_each_other(root):
 
 
 def test_pending_updates_and_sshd_parsers():
-    from mailops.checks.server import parse_pending, parse_sshd
+    from mailops.provision.checks.server import parse_pending, parse_sshd
     out = ("auto 1 ii\n"
            "Inst libssl3 [3.0.15-1~deb12u1] (3.0.17-1~deb12u2 Debian-Security:12/stable-security [amd64])\n"
            "Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.11/stable [all])\n")
@@ -92,7 +92,7 @@ def mail(*headers: tuple[str, str]):
 
 
 def test_authentication_results_are_read_as_the_receiver_wrote_them():
-    from mailops.checks.peer import auth_results, verdict
+    from mailops.provision.checks.peer import auth_results, verdict
     assert [(m, r) for m, r, _ in auth_results(RSPAMD_AR)] == [
         ("dkim", "pass"), ("spf", "pass"), ("dmarc", "pass")]
     assert auth_results(RSPAMD_AR)[0][2]["header.d"] == "lab.test"
@@ -111,7 +111,7 @@ def test_authentication_results_are_read_as_the_receiver_wrote_them():
 
 
 def test_the_hop_from_here_must_be_over_tls():
-    from mailops.checks.peer import tls_hop
+    from mailops.provision.checks.peer import tls_hop
     hop = ("from mx1.lab.test (mx1.lab.test [198.51.100.10])\n\t(using TLSv1.3 with cipher "
            "TLS_AES_256_GCM_SHA384 (256/256 bits))\n\tby mx.peer.test (Postfix) with ESMTPS")
     lmtp = "from mx.peer.test ([127.0.0.1]) by mx.peer.test with LMTP"
@@ -125,7 +125,7 @@ def test_the_hop_from_here_must_be_over_tls():
 def test_a_run_s_hosts_meet_before_their_checks_and_an_early_stop_does_not_block():
     import threading
     import time
-    from mailops.runner import Rendezvous, _Ticket
+    from mailops.provision.runner import Rendezvous, _Ticket
     meet = Rendezvous(3, timeout=10)
     order = []
 

@@ -25,9 +25,9 @@ import dns.zone
 import pytest
 import yaml
 
-from mailops import dnsrecords
-from mailops.dnsrecords import Change, DnsRecord, Publisher, PublishError, publish_plan
-from mailops.params import load_params, parse_params
+from mailops.provision import dnsrecords
+from mailops.provision.dnsrecords import Change, DnsRecord, Publisher, PublishError, publish_plan
+from mailops.core.params import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = base64.b64encode(b"k" * 32).decode()
@@ -232,7 +232,7 @@ def test_zone_lines_parse_back():
 def test_tsig_key_names_and_secrets_are_validated():
     data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
     data["dns"]["update"]["key_secret"] = "c2VjcmV0c2VjcmV0"          # a literal secret
-    from mailops.params import ParamsError
+    from mailops.core.params import ParamsError
     with pytest.raises(ParamsError) as exc:
         parse_params(data, base_dir=ROOT / "parameters")
     assert "c2VjcmV0c2VjcmV0" not in str(exc.value)
@@ -245,7 +245,7 @@ def test_tsig_key_names_and_secrets_are_validated():
 def test_lab_dns_host_must_be_another_host():
     data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
     data["lab"]["dns_host"]["address"] = data["lab"]["backup_host"]["address"]
-    from mailops.params import ParamsError
+    from mailops.core.params import ParamsError
     with pytest.raises(ParamsError, match="different hosts"):
         parse_params(data, base_dir=ROOT / "parameters")
 

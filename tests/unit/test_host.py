@@ -4,8 +4,7 @@ import uuid
 
 import pytest
 
-from mailops.host import (CommandError, CommandTimeout, Host, LocalHost, connect,
-                          display_command, parse_batch)
+from mailops.core.host import CommandError, CommandTimeout, Host, LocalHost, connect, display_command, parse_batch
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import browser  # noqa: E402
 import pflog_corpus as corpus  # noqa: E402
-from mailops import collect as mc  # noqa: E402
-from mailops import dnsrecords  # noqa: E402
-from mailops import insight as mi  # noqa: E402
-from mailops import pflog, report, schedule, status  # noqa: E402
-from mailops.params import load_params  # noqa: E402
-from mailops.session import Session  # noqa: E402
-from mailops.store import Store, StoreError  # noqa: E402
+from mailops.insight import collect as mc  # noqa: E402
+from mailops.provision import dnsrecords  # noqa: E402
+from mailops.insight import queries as mi  # noqa: E402
+from mailops.insight import pflog, report, schedule, status  # noqa: E402
+from mailops.core.params import load_params  # noqa: E402
+from mailops.provision.session import Session  # noqa: E402
+from mailops.insight.store import Store, StoreError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -316,7 +316,7 @@ class FakeResolver:
 
 def test_status_parsers_and_checks():
     import ipaddress
-    from mailops.checks.result import CheckFailed
+    from mailops.provision.checks.result import CheckFailed
     addr = [ipaddress.ip_address("203.0.113.10")]
     r = FakeResolver({("example.org", "MX"): ["10 mx1.example.org."],
                       ("mx1.example.org", "A"): ["203.0.113.10"]})
@@ -375,7 +375,7 @@ def test_collect_request_carries_no_secret(tmp_path):
     params = load_params(ROOT / "parameters" / "lab.yaml")
     req = json.dumps(mc.request(params, {}))
     assert "learn-password" in req                      # a path on the server, read there
-    from mailops.secrets import resolve
+    from mailops.core.secrets import resolve
     try:
         secret = resolve(params.rspamd.controller_password, params.base_dir).reveal()
     except Exception:  # noqa: BLE001 - no lab secrets on this machine: nothing to leak
@@ -424,7 +424,7 @@ def test_report_refuses_a_bad_period_and_date(env):
 def test_dns_check_table_and_records_to_publish():
     import ipaddress
     from types import SimpleNamespace
-    from mailops.dnsrecords import DnsRecord
+    from mailops.provision.dnsrecords import DnsRecord
     p = load_params(ROOT / "parameters" / "lab.yaml")
     key = "v=DKIM1; k=rsa; p=" + "A" * 390                  # longer than one TXT string
     dkim = {"lab.test": DnsRecord("mail._domainkey.lab.test", "TXT", key),

@@ -1,11 +1,11 @@
-"""Notebooks run over IPC, not TCP ports on loopback (mailops/kernel.py)."""
+"""Notebooks run over IPC, not TCP ports on loopback (mailops/core/kernel.py)."""
 import json
 import socket
 from pathlib import Path
 
 import nbformat
 
-from mailops import kernel
+from mailops.core import kernel
 
 
 def test_a_notebook_runs_over_ipc_without_the_tcp_warning(tmp_path, capfd, monkeypatch):

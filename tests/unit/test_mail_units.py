@@ -7,15 +7,15 @@ import threading
 import pytest
 from cryptography import x509
 
-from mailops.facts import parse_host_info
-from mailops.host import LocalHost
-from mailops.params import ParamsError, load_params, parse_params
-from mailops.passwords import choose_scheme, hash_password, parse_schemes, verify_password
-from mailops.pki import ensure_issued
-from mailops.resources.maildb import parse_dump, userdb
-from mailops.secrets import Secret
-from mailops.facts import dovecot_series
-from mailops.verify import Check, CheckReport
+from mailops.core.facts import parse_host_info
+from mailops.core.host import LocalHost
+from mailops.core.params import ParamsError, load_params, parse_params
+from mailops.core.passwords import choose_scheme, hash_password, parse_schemes, verify_password
+from mailops.provision.pki import ensure_issued
+from mailops.core.resources.maildb import parse_dump, userdb
+from mailops.core.secrets import Secret
+from mailops.core.facts import dovecot_series
+from mailops.provision.verify import Check, CheckReport
 
 
 @pytest.fixture
@@ -153,10 +153,10 @@ def test_check_report():
 
 
 def test_rspamd_secrets_are_made_once():
-    from mailops.fakehost import FakeFile, FakeHost
-    from mailops.plan import plan
-    from mailops.resources import Service
-    from mailops.resources.rspamd import PASSWORD_FILE, ControllerPassword, DkimKey
+    from support.fakehost import FakeFile, FakeHost
+    from mailops.core.plan import plan
+    from mailops.core.resources import Service
+    from mailops.core.resources.rspamd import PASSWORD_FILE, ControllerPassword, DkimKey
     fake = FakeHost()
     res = [ControllerPassword("env:X"), DkimKey("lab.test", "mail"), Service("rspamd", running=None)]
     assert [c.reason.split(";")[0] for c in plan(fake, res).changes] == [
@@ -174,7 +174,7 @@ def test_long_txt_records_are_split_into_255_byte_strings():
     import dns.rdata
     import dns.rdataclass
     import dns.rdatatype
-    from mailops.dnsrecords import DnsRecord, DnsRecords
+    from mailops.provision.dnsrecords import DnsRecord, DnsRecords
     value = "v=DKIM1; k=rsa; p=" + "A" * 392
     rec = DnsRecord("mail._domainkey.example.com", "TXT", value)
     zone = rec.zone_value()
@@ -188,7 +188,7 @@ def test_long_txt_records_are_split_into_255_byte_strings():
 
 
 def test_tables_escape_values_but_not_markup():
-    from mailops.tables import details, html_table
+    from mailops.core.tables import details, html_table
     out = html_table([{"a": "<script>", "b": details("diff", "-x <y>")}], title="t <1>")
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "<details><summary>diff</summary><pre>-x &lt;y&gt;</pre></details>" in out
@@ -196,7 +196,7 @@ def test_tables_escape_values_but_not_markup():
 
 
 def test_seed_corpus_is_deterministic_with_folders_flags_and_attachments(root):
-    from mailops.labmode import SEED_FOLDERS, seed_mail, seed_messages
+    from mailops.lab.seed import SEED_FOLDERS, seed_mail, seed_messages
     a = list(seed_messages("alice@lab.test", 40))
     assert a == list(seed_messages("alice@lab.test", 40))                 # same every run
     assert {f for f, _, _ in a} == set(SEED_FOLDERS)

@@ -7,13 +7,13 @@ import stat
 
 import pytest
 
-from mailops import manage, users
-from mailops.fakehost import FakeHost
-from mailops.host import CommandError, LocalHost
-from mailops.manage import ManageError, Row
-from mailops.resources.maildb import userdb
-from mailops.secrets import Secret
-from mailops.session import Session
+from mailops.manage import accounts as manage, users
+from support.fakehost import FakeHost
+from mailops.core.host import CommandError, LocalHost
+from mailops.manage.accounts import ManageError, Row
+from mailops.core.resources.maildb import userdb
+from mailops.core.secrets import Secret
+from mailops.provision.session import Session
 
 from test_steps_fake import converge, params  # noqa: F401  (fixture)
 
@@ -255,7 +255,7 @@ def test_row_diff_lines():
 
 
 def test_cli_bad_input_exits_2_before_connecting(root, capsys):
-    from mailops.cli import main
+    from mailops.cli.main import main
     rc = main(["user", "add", "bad address@example.com", "--params",
                str(root / "parameters" / "example.yaml"), "--password", "generate"])
     err = capsys.readouterr().err

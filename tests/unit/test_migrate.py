@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from mailops import migrate
-from mailops.fakehost import FakeHost
-from mailops.manage import ManageError
+from mailops.manage import migrate
+from support.fakehost import FakeHost
+from mailops.manage.accounts import ManageError
 from mailops.remote import migrate as helper
-from mailops.secrets import Secret
-from mailops.session import Session
+from mailops.core.secrets import Secret
+from mailops.provision.session import Session
 
 from test_steps_fake import converge, params  # noqa: F401  (fixture)
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from mailops.steps import STEPS
+from mailops.provision.steps import STEPS
 
 
 # notebooks that are not provisioning steps: they read, and change only on request

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from mailops.params import ParamsError, load_params, parse_params
+from mailops.core.params import ParamsError, load_params, parse_params
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_yaml_error_does_not_quote_the_line(tmp_path):
 
 
 def test_remote_mailbox_for_verify(good):
-    from mailops.params import parse_params
+    from mailops.core.params import parse_params
     good["verify"] = {"remote_mailboxes": [{"address": "carol@peer.example",
                                             "imap": "imaps://imap.peer.example:9993",
                                             "password": "env:PEER_PW"}]}

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from mailops.facts import parse_df, parse_host_info, parse_meminfo, parse_os_release
-from mailops.resources.base import FactError
-from mailops.resources.files import parse_stat_paths
-from mailops.resources.services import parse_service_status
-from mailops.resources.system import parse_dpkg, parse_getent
+from mailops.core.facts import parse_df, parse_host_info, parse_meminfo, parse_os_release
+from mailops.core.resources.base import FactError
+from mailops.core.resources.files import parse_stat_paths
+from mailops.core.resources.services import parse_service_status
+from mailops.core.resources.system import parse_dpkg, parse_getent
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -64,14 +64,14 @@ def test_df_meminfo_and_host_info():
 
 
 def test_service_status_reads_pending_markers():
-    from mailops.resources.services import parse_pending
+    from mailops.core.resources.services import parse_pending
     out = "init sysv\npostfix active enabled\npending postfix\npending nftables\n"
     init, facts = parse_service_status(out)
     assert facts["postfix"].pending and parse_pending(out) == {"postfix", "nftables"}
 
 
 def test_egress_counter_parser():
-    from mailops.lab import EGRESS_RULES, parse_counters
+    from mailops.lab.hosts import EGRESS_RULES, parse_counters
     out = ('table inet w {\n chain egress {\n  iifname "br" ip daddr != { 198.51.100.0/24 } '
            'counter packets 3 bytes 180 drop comment "lab egress"\n  iifname "br" ip6 daddr != '
            '{ fe80::/10 } counter packets 0 bytes 0 drop\n }\n}\n')
@@ -80,7 +80,7 @@ def test_egress_counter_parser():
 
 
 def test_lab_trust_anchors_from_knot_ds_lines():
-    from mailops.lab import anchors_conf
+    from mailops.lab.internet import anchors_conf
     text = anchors_conf(["peer.test. DS 4242 13 2 ABCDEF0123", "", "keymgr: no key",
                          "test.  DS 7 13 2  99AA"])
     lines = text.splitlines()

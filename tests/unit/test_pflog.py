@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pflog_corpus as corpus  # noqa: E402
-from mailops import pflog, pflogc, pflogfast  # noqa: E402
+from mailops.insight import pflog, pflogc, pflogfast  # noqa: E402
 
 # the reference (line by line), the compiled engine the CLI uses and the vectorised one:
 # each must be exact
@@ -214,24 +214,24 @@ def test_definitions_pflogsumm_follows():
 def test_cli_summary_json_and_text(tmp_path):
     log = tmp_path / "x.log"
     corpus.write(log, 400, "syslog", seed=5)
-    out = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", "--json",
+    out = subprocess.run([sys.executable, "-m", "mailops.cli.main", "logs", "summary", "--json",
                           str(log)], capture_output=True, text=True, check=True).stdout
     d = json.loads(out)
     assert set(d) >= {"grand_totals", "per_day", "per_hour", "top_reject_reasons",
                       "sasl_failures_by_ip", "warnings_by_program", "messages_by_sender_domain",
                       "deliveries_by_recipient_domain"}
     assert d["grand_totals"] == pflog.summarize([log]).grand_totals()
-    txt = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", str(log)],
+    txt = subprocess.run([sys.executable, "-m", "mailops.cli.main", "logs", "summary", str(log)],
                          capture_output=True, text=True, check=True).stdout
     assert f" {d['grand_totals']['received']:6d}   received" in txt
-    stream = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", "--json",
+    stream = subprocess.run([sys.executable, "-m", "mailops.cli.main", "logs", "summary", "--json",
                              "--engine", "stream", str(log)], capture_output=True, text=True,
                             check=True).stdout
     assert json.loads(stream) == d
-    bad = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary", "--day",
+    bad = subprocess.run([sys.executable, "-m", "mailops.cli.main", "logs", "summary", "--day",
                           "2026-13-01", str(log)], capture_output=True, text=True)
     assert bad.returncode == 2 and "day" in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "mailops.cli", "logs", "summary",
+    missing = subprocess.run([sys.executable, "-m", "mailops.cli.main", "logs", "summary",
                               str(tmp_path / "nope.log")], capture_output=True, text=True)
     assert missing.returncode == 2 and "nope.log" in missing.stderr
 

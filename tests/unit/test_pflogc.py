@@ -1,4 +1,4 @@
-"""The compiled engine (mailops/_pflogc.c) against the reference, mailops.pflog.Summary,
+"""The compiled engine (mailops/_pflogc.c) against the reference, mailops.insight.pflog.Summary,
 output for output: on lines written to catch each hand-written matcher out (the places
 where a regular expression's leftmost, lazy or optional parts decide), on any block
 boundary, on every line ending Python's universal newlines know, and with the rare lines
@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pflog_corpus as corpus  # noqa: E402
-from mailops import pflog, pflogc  # noqa: E402
+from mailops.insight import pflog, pflogc  # noqa: E402
 
 TODAY = dt.date(2026, 12, 15)
 
@@ -195,12 +195,12 @@ def test_gz_and_several_files_in_order(tmp_path):
 def test_the_cli_chooses_it_and_says_when_it_cannot(tmp_path, monkeypatch):
     log = tmp_path / "x.log"
     corpus.write(log, 200, "syslog", seed=46, days=2)
-    run = [sys.executable, "-m", "mailops.cli", "logs", "summary", "--json"]
+    run = [sys.executable, "-m", "mailops.cli.main", "logs", "summary", "--json"]
     auto = subprocess.run(run + [str(log)], capture_output=True, text=True, check=True).stdout
     compiled = subprocess.run(run + ["--engine", "compiled", str(log)], capture_output=True,
                               text=True, check=True).stdout
     assert auto == compiled
-    from mailops import cli
+    from mailops.cli import main as cli
     monkeypatch.setattr(pflogc, "_pflogc", None)
     assert cli.main(["logs", "summary", "--engine", "compiled", str(log)]) == 2
     with pytest.raises(RuntimeError, match="not built"):

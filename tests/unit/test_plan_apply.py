@@ -5,11 +5,11 @@ import dataclasses
 
 import pytest
 
-from mailops.fakehost import READ_ONLY, FakeFile, FakeHost, UnexpectedCommand
-from mailops.params import load_params
-from mailops.plan import Status, apply, plan
-from mailops.resources import Action, Directory, File, Group, Service, User
-from mailops.session import Session
+from support.fakehost import READ_ONLY, FakeFile, FakeHost, UnexpectedCommand
+from mailops.core.params import load_params
+from mailops.core.plan import Status, apply, plan
+from mailops.core.resources import Action, Directory, File, Group, Service, User
+from mailops.provision.session import Session
 
 
 @pytest.fixture
@@ -204,5 +204,5 @@ def test_bad_resource_values_are_refused():
     with pytest.raises(ValueError, match="octal"):
         File("/etc/x", "x", mode="rw-r--r--")
     with pytest.raises(ValueError, match="package name"):
-        from mailops.resources import Packages
+        from mailops.core.resources import Packages
         Packages(("postfix; rm -rf /",))

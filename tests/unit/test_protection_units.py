@@ -3,14 +3,14 @@ they do not compile; learn log and counters; the restore drill's comparison; fil
 validated before they replace the live ones."""
 import pytest
 
-from mailops.fakehost import FakeFile, FakeHost
-from mailops.learning import parse_counters, parse_log
-from mailops.params import load_params
-from mailops.plan import Status, apply, plan
-from mailops.resources import Directory, SieveScript
-from mailops.resources.files import SecretFile
-from mailops import layout
-from mailops.steps import sieve as sieve_step
+from support.fakehost import FakeFile, FakeHost
+from mailops.provision.learning import parse_counters, parse_log
+from mailops.core.params import load_params
+from mailops.core.plan import Status, apply, plan
+from mailops.core.resources import Directory, SieveScript
+from mailops.core.resources.files import SecretFile
+from mailops.core import layout
+from mailops.provision.steps import sieve as sieve_step
 
 PATH = "/etc/dovecot/sieve/before.d/10-x.sieve"
 GOOD = 'require ["fileinto"];\nif header :is "X-Spam" "Yes" { fileinto "Junk"; }\n'
@@ -132,8 +132,8 @@ def test_restore_drill_comparison():
 
 
 def test_validated_file_refuses_a_bad_candidate_and_keeps_the_old(tmp_path):
-    from mailops.host import CommandError, LocalHost
-    from mailops.resources.files import ValidatedFile
+    from mailops.core.host import CommandError, LocalHost
+    from mailops.core.resources.files import ValidatedFile
     check = ("python3", "-c", "import sys, json; json.load(open(sys.argv[1]))", "{}")
     p = tmp_path / "c.json"
     p.write_text('{"old": 1}\n')
@@ -151,13 +151,13 @@ def test_validated_file_refuses_a_bad_candidate_and_keeps_the_old(tmp_path):
 
 
 def _info(version, init="sysv", **packages):
-    from mailops.facts import HostInfo
+    from mailops.core.facts import HostInfo
     return HostInfo("debian", version, "", "", init, "", "mx1", 1, 1, 1, 1, packages)
 
 
 def test_borgmatic_format_follows_the_installed_version(root):
-    from mailops.facts import borgmatic_series
-    from mailops.steps.backup import declare, flat
+    from mailops.core.facts import borgmatic_series
+    from mailops.provision.steps.backup import declare, flat
     assert borgmatic_series(_info("12")) == "1.7" and not flat("1.7")
     assert borgmatic_series(_info("13")) == "1.9" and flat("1.9")
     assert borgmatic_series(_info("12", borgmatic="1.8.2-1~bpo12+1")) == "1.8"
@@ -173,7 +173,7 @@ def test_borgmatic_format_follows_the_installed_version(root):
 
 
 def test_sshd_jail_only_where_sshd_has_a_log(root):
-    from mailops.steps.fail2ban import declare, jails
+    from mailops.provision.steps.fail2ban import declare, jails
     p = load_params(root / "parameters" / "lab.yaml")
     assert "sshd" not in jails(p, _info("12"))
     assert jails(p, _info("13", init="systemd"))[0] == "sshd"
@@ -185,7 +185,7 @@ def test_sshd_jail_only_where_sshd_has_a_log(root):
 
 def test_backup_parameters_are_checked(root):
     import yaml
-    from mailops.params import ParamsError, parse_params
+    from mailops.core.params import ParamsError, parse_params
     data = yaml.safe_load((root / "parameters" / "lab.yaml").read_text())
     data["backup"]["repository"] = "ssh://borg@host/srv/borg/x; rm -rf /"
     data["backup"]["passphrase"] = None
@@ -197,7 +197,7 @@ def test_backup_parameters_are_checked(root):
 
 
 def test_learn_summary_on_a_host_without_learning_says_so():
-    from mailops.learning import summary
+    from mailops.provision.learning import summary
     fake = FakeHost()
     s = summary(fake)              # redis-cli is unknown to the fake: as on a fresh host
     assert s.counts is None and "not set up yet" in str(s) and "not set up" in s._repr_html_()
@@ -233,7 +233,7 @@ def test_restored_mailbox_keeps_its_owners_across_filesystems(tmp_path):
 
 
 def test_daily_jobs_are_timers_under_systemd_and_cron_otherwise():
-    from mailops.steps.shared import Job, scheduled
+    from mailops.provision.steps.shared import Job, scheduled
     job = Job("purge", "mailops mdbox purge", "/usr/local/sbin/mailops-purge", "04:07")
     cron = {r.key: r for r in scheduled(job, _info("12"))}
     assert "7 4 * * * root /usr/local/sbin/mailops-purge" in cron["/etc/cron.d/mailops-purge"].content.decode()
@@ -245,8 +245,8 @@ def test_daily_jobs_are_timers_under_systemd_and_cron_otherwise():
 
 
 def test_sshd_key_only_only_over_a_key_based_connection(root):
-    from mailops.params import load_params
-    from mailops.steps import base
+    from mailops.core.params import load_params
+    from mailops.provision.steps import base
     p = load_params(root / "parameters" / "lab.yaml")
     keys = lambda q: {r.key for r in base.declare(q, _info("12"))}  # noqa: E731
     assert "/etc/ssh/sshd_config.d/05-mailops.conf" in keys(p) and "ssh" in keys(p)
@@ -268,9 +268,9 @@ def test_sshd_key_only_only_over_a_key_based_connection(root):
 
 def test_borg_key_copy_is_made_0600_and_refused_when_readable_by_others(tmp_path):
     import os
-    from mailops.fakehost import FakeHost
-    from mailops.resources import Action
-    from mailops.resources.borg import BorgKeyCopy, read_key_copy
+    from support.fakehost import FakeHost
+    from mailops.core.resources import Action
+    from mailops.core.resources.borg import BorgKeyCopy, read_key_copy
     path = tmp_path / "keys" / "borg-key.mx1"
     r = BorgKeyCopy(path)
     [change] = r.compare({r.key: read_key_copy(path)})

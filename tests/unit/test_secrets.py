@@ -3,10 +3,10 @@ import os
 
 import pytest
 
-from mailops.fakehost import FakeHost
-from mailops.plan import apply, plan
-from mailops.resources import File
-from mailops.secrets import Secret, SecretError, mask, resolve
+from support.fakehost import FakeHost
+from mailops.core.plan import apply, plan
+from mailops.core.resources import File
+from mailops.core.secrets import Secret, SecretError, mask, resolve
 
 VALUE = "s3cr3t-P@ss"
 
@@ -59,7 +59,7 @@ def test_mask():
 
 
 def test_files_holding_secrets_default_to_0600():
-    from mailops.resources.files import File, SecretFile
+    from mailops.core.resources.files import File, SecretFile
     assert File("/etc/x.key", b"k", secret=True).mode == "0600"
     assert SecretFile("/etc/x.pass", secret_ref="env:X").mode == "0600"
     assert File("/etc/x.conf", b"c").mode == "0644"

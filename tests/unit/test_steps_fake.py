@@ -9,12 +9,12 @@ import os
 import pytest
 import yaml
 
-from mailops.fakehost import READ_ONLY, FakeHost
-from mailops.params import load_params
-from mailops.plan import Status
-from mailops.resources import Action, Service
-from mailops.session import Session
-from mailops.steps import STEPS
+from support.fakehost import READ_ONLY, FakeHost
+from mailops.core.params import load_params
+from mailops.core.plan import Status
+from mailops.core.resources import Action, Service
+from mailops.provision.session import Session
+from mailops.provision.steps import STEPS
 
 PROVISIONING = [s.name for s in STEPS if s.declare]
 # the check each step must run before it reloads (names as the fake host reports them)
@@ -173,7 +173,7 @@ class CutHost(FakeHost):
     def _dispatch(self, argv, stdin):
         if self.cut is not None:
             if self.cut <= 0:
-                from mailops.host import HostError
+                from mailops.core.host import HostError
                 raise HostError(f"{self.url}: connection lost (cut before {argv[3:4] or argv[:1]})")
             self.cut -= 1
         return super()._dispatch(argv, stdin)
@@ -248,7 +248,7 @@ def acme_params(params, tmp_path):
     (tmp_path / "secrets" / "tsig.yaml").write_text(yaml.safe_dump({"tsig": "dHNpZy1zZWNyZXQ="}))
     os.chmod(tmp_path / "secrets" / "tsig.yaml", 0o600)
     (tmp_path / "acme-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nfake root\n")
-    from mailops.params import Acme, Dns, DnsUpdate
+    from mailops.core.params import Acme, Dns, DnsUpdate
     return params.model_copy(update={
         "dns": Dns(update=DnsUpdate(server="192.0.2.53",
                                     key_secret=f"file:{tmp_path}/secrets/tsig.yaml#tsig")),
@@ -257,7 +257,7 @@ def acme_params(params, tmp_path):
 
 
 def test_acme_certificates_issued_deployed_and_reissued_when_needed(acme_params):
-    from mailops.resources.acme import CA_TRUST, CREDENTIALS, DEPLOY_HOOK
+    from mailops.core.resources.acme import CA_TRUST, CREDENTIALS, DEPLOY_HOOK
     fake = FakeHost()
     s = converge(acme_params, fake, upto="30-users-db")
     assert s.plan("20-tls").empty
@@ -298,7 +298,7 @@ def test_acme_certificates_issued_deployed_and_reissued_when_needed(acme_params)
 
 def test_acme_without_its_deploy_hook_fails_and_serves_nothing_new(acme_params):
     """certbot refuses a deploy hook that is not there: the step fails, no lineage."""
-    from mailops.resources.acme import DEPLOY_HOOK
+    from mailops.core.resources.acme import DEPLOY_HOOK
     fake = FakeHost()
     s = converge(acme_params, fake, upto="20-tls")
     plan = s.plan("20-tls")

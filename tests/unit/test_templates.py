@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from mailops.facts import parse_host_info
-from mailops.params import load_params
-from mailops.render import HEADER
-from mailops.resources import File
-from mailops.resources.files import _LateFile
-from mailops.steps import STEPS
+from mailops.core.facts import parse_host_info
+from mailops.core.params import load_params
+from mailops.core.render import HEADER
+from mailops.core.resources import File
+from mailops.core.resources.files import _LateFile
+from mailops.provision.steps import STEPS
 
 def info(version: str):
     return parse_host_info([f'ID=debian\nVERSION_ID="{version}"\nPRETTY_NAME="Debian {version}"\n',
@@ -51,8 +51,8 @@ def test_config_templates_carry_the_managed_header(root):
 
 def test_lab_resolver_refuses_everything_but_lab_zones(root):
     import yaml
-    from mailops.labmode import dns, resolver
-    from mailops.params import parse_params
+    from mailops.lab.mode import dns, resolver
+    from mailops.core.params import parse_params
     data = yaml.safe_load((root / "parameters" / "lab-trixie.yaml").read_text())
     del data["lab"]["dns_host"]
     trixie = parse_params(data, base_dir=root / "parameters")
@@ -72,7 +72,7 @@ def test_lab_resolver_refuses_everything_but_lab_zones(root):
 
 def test_undefined_template_variable_is_an_error(tmp_path):
     import jinja2
-    from mailops.render import render
+    from mailops.core.render import render
     (tmp_path / "t.j2").write_text("{{ nope }}")
     with pytest.raises(jinja2.UndefinedError):
         render("t.j2", root=tmp_path)
@@ -100,7 +100,7 @@ def test_lab_only_resources_come_from_the_lab_module_alone(root):
 
 def test_tls_policy_renders_one_inline_map_and_bad_levels_are_refused(root):
     import yaml
-    from mailops.params import ParamsError, parse_params
+    from mailops.core.params import ParamsError, parse_params
     data = yaml.safe_load((root / "parameters" / "example.yaml").read_text())
     data["mail"]["tls_policy"] = {"partner.example": "secure", "bank.example": "dane-only"}
     params = parse_params(data, base_dir=root / "parameters")

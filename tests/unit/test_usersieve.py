@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 from sievelib.parser import Parser
 
-from mailops import manage, usersieve
-from mailops.fakehost import FakeHost
-from mailops.manage import ManageError, State
-from mailops.session import Session
-from mailops.usersieve import Rule
+from mailops.manage import accounts as manage, usersieve
+from support.fakehost import FakeHost
+from mailops.manage.accounts import ManageError, State
+from mailops.provision.session import Session
+from mailops.manage.usersieve import Rule
 
 from test_steps_fake import params  # noqa: F401  (fixture)
 

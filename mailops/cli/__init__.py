@@ -1,0 +1,2 @@
+"""The ``mailops`` command: the parser and dispatch in :mod:`.main`, one module per
+command group."""

@@ -1,8 +1,0 @@
-from .base import Action, Change, FactError, Resource
-from .files import Directory, File, Link
-from .services import Service
-from .sieve import SieveScript
-from .system import Group, Packages, User
-
-__all__ = ["Action", "Change", "Directory", "FactError", "File", "Group", "Link",
-           "Packages", "Resource", "Service", "SieveScript", "User"]

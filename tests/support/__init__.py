@@ -1,0 +1,1 @@
+"""Test doubles for the unit tier: a fake Debian host and the mail stack it emulates."""
