@@ -83,22 +83,22 @@ def main(argv: list[str] | None = None) -> int:
 def _lab(args) -> int:
     from mailops.lab import hosts as lab
     from mailops.lab import internet
-    from mailops.lab import peers
+    from mailops.lab import peers as neighbours
     from mailops.core.host import exec_replace
     from mailops.core.params import load_params
 
     params = load_params(args.params)
     spec = lab.LabSpec.from_params(params)
-    peers = [(spec_, what) for spec_, what in ((peers.backup_spec(params), "backup host"),
-                                                (peers.old_imap_spec(params), "old IMAP server"),
+    peers = [(spec_, what) for spec_, what in ((neighbours.backup_spec(params), "backup host"),
+                                                (neighbours.old_imap_spec(params), "old IMAP server"),
                                                 (internet.dns_spec(params), "DNS host"))
              if spec_ is not None]
     if args.action == "up":
         internet.prepare_dns_host(params)          # first: the mail server's resolver asks it
         internet.prepare_acme_ca(params)           # and certbot on it asks pebble there
         lab.up(spec)
-        peers.prepare_backup_host(params)
-        peers.prepare_old_imap_host(params)
+        neighbours.prepare_backup_host(params)
+        neighbours.prepare_old_imap_host(params)
     elif args.action == "down":
         lab.down(spec, purge=args.purge)
         # the backup, old IMAP and DNS hosts are shared by every mail server of the lab:

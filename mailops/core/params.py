@@ -86,7 +86,7 @@ SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SSH(Model):
@@ -96,38 +96,49 @@ class SSH(Model):
 
 class LabBackupHost(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab3"
+    """the backup lab host's name (its namespace, hostname and state directory)"""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.12")
+    """its address on the lab's /24"""
 
 
 class LabOldImapHost(Model):
     """A lab host acting as the old IMAP server a mailbox is migrated from."""
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab5"
+    """the old IMAP server's lab host name"""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.15")
+    """its address on the lab's /24"""
 
 
 class LabDnsHost(Model):
     """A lab host running Knot DNS: the lab's authoritative servers for its zones
     (the stand-in for a DNS provider), updated over RFC 2136 like one."""
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab6"
+    """the DNS host's lab host name"""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.53")
+    """its address on the lab's /24 (the mail servers' unbound asks it for the lab zones)"""
 
 
 class Lab(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")] = "lab1"
+    """the lab host's name: its namespace, veth, hostname and state under `.lab/`"""
     release: Literal["bookworm", "trixie"] = "bookworm"
-    # the lab host's first process: sshd alone (fast), or systemd as on a real server
-    # (timers, units enabled at boot, a reboot that means something)
+    """the Debian release debootstrap'd for the lab host"""
     init: Literal["sshd", "systemd"] = "sshd"
+    """the lab host's first process: sshd alone (fast), or systemd as on a real server (timers,
+    units enabled at boot, a reboot that means something)"""
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.10")
+    """the lab host's address: a documentation range (198.51.100.0/24 or 203.0.113.0/24), not
+    .0, .1 or .255"""
     state_dir: Path = Path("../.lab")
-    # a second lab host that serves the borg repository (`mailops lab up` builds it too)
+    """keys, known_hosts, secrets and CAs of the lab, on this machine (git-ignored)"""
     backup_host: LabBackupHost | None = None
-    # a lab host with plain Debian dovecot (maildir) and a seeded mailbox: the old
-    # server `mailops migrate` is tried against (`mailops lab up` builds it too)
+    """a second lab host that serves the borg repository (`mailops lab up` builds it too)"""
     old_imap_host: LabOldImapHost | None = None
-    # a lab host with Knot DNS serving the lab's zones: the mail server's unbound asks it
-    # (a stub zone) instead of answering from local data (`mailops lab up` builds it too)
+    """a lab host with plain Debian dovecot (maildir) and a seeded mailbox: the old server
+    `mailops migrate` is tried against (`mailops lab up` builds it too)"""
     dns_host: LabDnsHost | None = None
+    """a lab host with Knot DNS serving the lab's zones and pebble as the lab's ACME CA: the
+    mail server's unbound asks it (a stub zone) (`mailops lab up` builds it too)"""
 
     @model_validator(mode="after")
     def _documentation_range(self):
@@ -151,6 +162,8 @@ class Lab(Model):
 
 class Resolver(Model):
     mode: Literal["recursive", "lab"] = "recursive"
+    """recursive: unbound resolves and validates from the root; lab: it answers only the lab's
+    zones and refuses the rest"""
     extra_records: list[str] = Field(default_factory=list,
                                      description="lab only: more local-data records")
 
@@ -161,44 +174,51 @@ class DnsUpdate(Model):
     server: ipaddress.IPv4Address | ipaddress.IPv6Address = Field(
         description="the primary authoritative server of the mail domains' zones")
     port: Port = 53
+    """the primary's DNS port"""
     key_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] = "mailops"
+    """the TSIG key's name, as the primary knows it"""
     key_secret: SecretRef = Field(description="the TSIG key's secret (base64): file:PATH[#key] "
                                               "or env:NAME, never a literal")
     algorithm: Literal["hmac-sha256", "hmac-sha512"] = "hmac-sha256"
+    """the TSIG key's algorithm"""
 
 
 class Dns(Model):
     """The records the mail domains publish (`mailops dns check` compares them)."""
     ttl: Annotated[int, Field(ge=1, le=86400)] = 3600
+    """the TTL of every record mailops publishes, in seconds"""
     spf: Annotated[str, Field(pattern=r"^v=spf1( [!-~]+)* [~?+-]?all$")] = Field(
         "v=spf1 mx -all", description="each mail domain's SPF record (it must allow the "
                                       "server's addresses)")
     dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
+    """the DMARC policy published for every mail domain (`p=`)"""
     update: DnsUpdate | None = Field(None, description="publish with `mailops dns publish` "
                                                        "(RFC 2136); without it, by hand")
-    # DANE for mail to this server (RFC 7672): TLSA records (3 1 1: the SHA-256 of each
-    # served certificate's public key) at _25._tcp.<hostname>, and certbot keeps the keys
-    # at renewal so the records stay true.  Only where the host's zone is DNSSEC-signed.
     dane: bool = False
+    """DANE for mail to this server (RFC 7672): TLSA records (3 1 1, the SHA-256 of each served
+    certificate's public key) at `_25._tcp.<hostname>`, and certbot keeps the keys at renewal so
+    the records stay true; only where the host's zone is DNSSEC-signed"""
 
 
 class Firewall(Model):
     ssh_port: Port = 22
+    """the port sshd listens on, opened in the firewall"""
     ssh_from: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list, description="networks allowed to reach SSH; empty: anywhere")
     open_tcp: list[Port] = Field(default_factory=lambda: [25, 465, 587, 993, 4190])
+    """the TCP ports opened to everyone (SMTP, submissions, submission, IMAPS, ManageSieve)"""
 
 
 class Updates(Model):
-    # security updates installed daily by Debian's unattended-upgrades (its default
-    # origins: the release's security archive); pending ones are shown by 90-verify
     unattended: bool = True
+    """security updates installed daily by Debian's unattended-upgrades (its default origins:
+    the release's security archive); pending ones are shown by 90-verify"""
 
 
 class Sshd(Model):
-    # key-only SSH (no password or keyboard-interactive logins, root by key only);
-    # applied only over a key-based connection (ssh:// with a key), never over local://
     key_only: bool = True
+    """key-only SSH (no password or keyboard-interactive logins, root by key only); applied only
+    over a key-based connection (ssh:// with a key), never over local://"""
 
 
 class Acme(Model):
@@ -213,24 +233,35 @@ class Acme(Model):
     ca_file: Path | None = Field(None, description="a private ACME CA's root and the CA of its "
                                  "API's certificate (PEM, on this machine): trusted on the server "
                                  "and by verify; none for a public CA")
-    # DNS-01: the zone's primary and a TSIG key allowed to update _acme-challenge TXT records
-    # (default: dns.update's; a key limited to those names is better, where the server allows)
     rfc2136_server: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    """DNS-01: the zone's primary that takes RFC 2136 updates of `_acme-challenge` TXT records
+    (default: dns.update's server)"""
     rfc2136_port: Port = 53
+    """its DNS port"""
     key_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] | None = None
+    """a TSIG key allowed to update `_acme-challenge` TXT records (default: dns.update's; a key
+    limited to those names is better, where the server allows)"""
     key_secret: SecretRef | None = None
-    propagation_s: Annotated[int, Field(ge=0, le=600)] = 30   # wait after the TXT update
+    """that key's secret: file:PATH[#key] or env:NAME (default: dns.update's)"""
+    propagation_s: Annotated[int, Field(ge=0, le=600)] = 30
+    """seconds certbot waits after the TXT update, for the provider's secondaries"""
 
 
 class TLS(Model):
     source: Literal["self-signed", "files", "acme"] = "self-signed"
+    """where the RSA and EC certificates come from: self-signed (a lab CA this machine makes),
+    files (already on the server) or acme (certbot, DNS-01)"""
     ca_dir: Path = Field(Path("../.lab/ca"), description="self-signed: where the controller "
                          "keeps the CA and the issued certificates")
     rsa_cert: str | None = Field(None, description="files: certificate chain path on the server")
     rsa_key: str | None = None
+    """files: the RSA key's path on the server"""
     ec_cert: str | None = None
+    """files: the EC certificate chain's path on the server"""
     ec_key: str | None = None
+    """files: the EC key's path on the server"""
     acme: Acme | None = None
+    """acme: the CA, account and DNS-01 settings"""
 
     @model_validator(mode="after")
     def _files_complete(self):
@@ -246,53 +277,73 @@ class TLS(Model):
 
 class Mailbox(Model):
     address: Address
+    """the mailbox's address (lower-case ASCII; its domain one of mail_domains)"""
     password: SecretRef = Field(description="initial password, set when the mailbox is created")
-    quota_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 0   # 0: mail.default_quota_mb
+    quota_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    """the mailbox's quota in MB; 0: mail.default_quota_mb"""
 
 
 class Alias(Model):
     source: Address
+    """the alias address"""
     destinations: list[Address] = Field(min_length=1)
+    """where its mail goes: mailboxes or aliases on this server"""
 
 
 class Mail(Model):
     message_size_limit_mb: Annotated[int, Field(ge=1, le=1024)] = 50
+    """the largest message postfix takes, in MB"""
     default_quota_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 2048
+    """the quota of a mailbox that names none, in MB (0: none)"""
     password_scheme: Literal["auto", "SHA512-CRYPT", "BLF-CRYPT"] = "auto"
+    """how passwords are hashed: auto (BLF-CRYPT where dovecot supports it, else SHA512-CRYPT),
+    or one of them"""
     sha512_rounds: Annotated[int, Field(ge=5000, le=5_000_000)] = 5000
-    # dovecot checks the password against the (cached) hash on every login: the
-    # auth cache saves the database lookup, not the hash, so this cost is paid
-    # per login. 6 is about 5 ms on the lab's CPU (bench/auth.py).
+    """SHA512-CRYPT's rounds"""
     bcrypt_cost: Annotated[int, Field(ge=4, le=15)] = 6
-    # daily `doveadm purge -A` (mdbox gives expunged mail's disk space back only then)
+    """BLF-CRYPT's cost; dovecot checks the password against the (cached) hash on every login,
+    so this cost is paid per login (6 is about 5 ms on the lab's CPU, bench/auth.py)"""
     purge_at: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "04:07"
+    """daily `doveadm purge -A` at this time, server time (mdbox gives expunged mail's disk
+    space back only then)"""
     outbound: Literal["direct", "lab"] = Field("direct", description="lab: outbound mail "
                                                "never leaves the host; it is kept in "
                                                "/var/spool/mailops/outbound")
     postmaster: Address | None = None
+    """where DMARC and TLS-RPT reports go, and the ACME account's contact (default: postmaster@
+    the first mail domain)"""
     mailboxes: list[Mailbox] = Field(default_factory=list)
+    """the mailboxes the first provision creates with these initial passwords (later changes:
+    `mailops user`)"""
     aliases: list[Alias] = Field(default_factory=list)
+    """aliases the first provision creates"""
     catch_all: dict[FQDN, Address] = Field(default_factory=dict)
-    # per-destination TLS for outbound mail (postfix smtp_tls_policy_maps): partners whose
-    # MX must present a certificate that verifies, or the mail waits in the queue.
-    # secure: the chain and the name (the domain or a name under it); verify: the chain
-    # and the MX's name; encrypt: TLS, any certificate; dane: DANE where the domain
-    # publishes TLSA over DNSSEC; may: opportunistic (the default for everyone else)
+    """per domain, the address that gets mail for every unknown local part there"""
     tls_policy: dict[FQDN, Literal["none", "may", "encrypt", "dane", "dane-only", "verify",
                                    "secure"]] = Field(default_factory=dict)
+    """per-destination TLS for outbound mail (postfix smtp_tls_policy_maps): secure, the chain
+    and the name (the domain or a name under it); verify, the chain and the MX's name; encrypt,
+    TLS with any certificate; dane, DANE where the domain publishes TLSA over DNSSEC; may,
+    opportunistic (everyone else's default)"""
 
 
 class Rspamd(Model):
     enabled: bool = True
-    reject: Annotated[float, Field(gt=0)] = 15.0        # reject at SMTP time (554)
-    add_header: Annotated[float, Field(gt=0)] = 6.0     # X-Spam: Yes (the global sieve files it)
+    """rspamd as postfix's milter, with redis"""
+    reject: Annotated[float, Field(gt=0)] = 15.0
+    """score at which mail is refused at SMTP time (554)"""
+    add_header: Annotated[float, Field(gt=0)] = 6.0
+    """score at which mail gets `X-Spam: Yes` (the global sieve files it into Junk)"""
     greylist: Annotated[float, Field(gt=0)] = 4.0
+    """score at which mail is greylisted (4xx, the sender retries)"""
     history_rows: Annotated[int, Field(ge=200, le=1_000_000)] = 5000
-    # when rspamd does not answer: tempfail (senders retry; nothing passes unscanned) or accept
+    """rows of scan history kept in redis (collect must run before they wrap)"""
     milter_default_action: Literal["tempfail", "accept"] = "tempfail"
+    """when rspamd does not answer: tempfail (senders retry; nothing passes unscanned) or accept"""
     controller_password: SecretRef | None = Field(
         None, description="set when the controller has none; stored hashed")
     dkim_selector: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "mail"
+    """the DKIM selector of every domain's key"""
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -304,41 +355,50 @@ class Rspamd(Model):
 
 
 class Sieve(Model):
-    # global sieve_before: a message rspamd marked `X-Spam: Yes` is filed into Junk
     spam_to_junk: bool = True
-    # IMAPSieve (needs rspamd): moving a message into Junk teaches rspamd spam, moving it
-    # out of Junk (not to Trash) teaches ham
+    """global sieve_before: a message rspamd marked `X-Spam: Yes` is filed into Junk"""
     learn: bool = True
-    learn_timeout_s: Annotated[int, Field(ge=1, le=60)] = 10   # per learn call (blocks the MOVE)
+    """IMAPSieve (needs rspamd): moving a message into Junk teaches rspamd spam, moving it out
+    of Junk (not to Trash) teaches ham"""
+    learn_timeout_s: Annotated[int, Field(ge=1, le=60)] = 10
+    """seconds a learn call may take (it blocks the user's MOVE)"""
 
 
 class Jail(Model):
     maxretry: Annotated[int, Field(ge=1, le=1000)] = 5
+    """failures within findtime_s that ban an address"""
     findtime_s: Annotated[int, Field(ge=10, le=30 * 86400)] = 600
+    """the window failures are counted in, in seconds"""
     bantime_s: Annotated[int, Field(ge=10, le=365 * 86400)] = 3600
+    """how long a ban lasts, in seconds"""
 
 
 class Fail2ban(Model):
     enabled: bool = True
-    # never banned: loopback and the server's own addresses always; add monitoring hosts here
+    """fail2ban with the jails below, banning through nftables"""
     ignoreip: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
-    dovecot: Jail = Jail()                    # failed IMAP / ManageSieve logins
-    postfix_sasl: Jail = Jail()               # failed SMTP AUTH on 25, 465, 587
-    rspamd: Jail = Jail(maxretry=10, findtime_s=3600)   # messages rspamd refused (554)
-    # an address banned again and again is banned from every port for longer
+    """never banned: loopback and the server's own addresses always; add monitoring hosts here"""
+    dovecot: Jail = Jail()
+    """failed IMAP and ManageSieve logins"""
+    postfix_sasl: Jail = Jail()
+    """failed SMTP AUTH on 25, 465 and 587"""
+    rspamd: Jail = Jail(maxretry=10, findtime_s=3600)
+    """senders whose messages rspamd keeps refusing (554)"""
     recidive: Jail = Jail(maxretry=3, findtime_s=86400, bantime_s=7 * 86400)
-    # ban history kept in fail2ban's sqlite (the analysis notebooks read it)
+    """an address banned again and again is banned from every port for longer"""
     dbpurgeage_days: Annotated[int, Field(ge=90, le=3650)] = 180
-    # sshd: "auto" watches sshd through the journal where systemd runs, and is off where
-    # no log of sshd exists (a jail without its log stops fail2ban from starting)
+    """days of ban history kept in fail2ban's sqlite (the analysis notebooks read it)"""
     sshd: Literal["auto", "on", "off"] = "auto"
+    """auto watches sshd through the journal where systemd runs, and is off where no log of sshd
+    exists (a jail without its log stops fail2ban)"""
 
 
 class Backup(Model):
     enabled: bool = False
-    # a borg repository over SSH: ssh://USER@HOST[:PORT]/PATH
+    """daily borg backups by borgmatic"""
     repository: Annotated[str, Field(pattern=r"^ssh://[a-z_][a-z0-9_-]*@[A-Za-z0-9.:\[\]-]+(:\d+)?/[A-Za-z0-9._/~-]+$")] = \
         "ssh://borg@backup.invalid/srv/borg/mail"
+    """the borg repository over SSH: ssh://USER@HOST[:PORT]/PATH"""
     passphrase: SecretRef | None = Field(None, description="borg repokey passphrase (read by a "
                                          "pass command on the server, never argv)")
     ssh_key: SecretRef | None = Field(None, description="private key (OpenSSH format) the server "
@@ -348,18 +408,26 @@ class Backup(Model):
     key_copy: Path | None = Field(None, description="where this machine keeps an exported copy "
                                   "of the repository key (0600, never shown)")
     compression: Annotated[str, Field(pattern=r"^(none|lz4|zstd(,\d{1,2})?|zlib(,\d)?|lzma(,\d)?|auto,[a-z0-9,]+)$")] = "zstd,6"
+    """borg's compression"""
     keep_daily: Annotated[int, Field(ge=0, le=366)] = 7
+    """daily archives kept"""
     keep_weekly: Annotated[int, Field(ge=0, le=520)] = 4
+    """weekly archives kept"""
     keep_monthly: Annotated[int, Field(ge=0, le=1200)] = 12
-    # borgmatic's consistency checks and how often they run (borgmatic 1.8+; 1.7 runs them
-    # every time, limited to the last `check_last` archives)
+    """monthly archives kept"""
     checks: list[Literal["repository", "archives", "data"]] = Field(
         default_factory=lambda: ["repository", "archives"])
+    """borgmatic's consistency checks (borgmatic 1.8+ runs them every check_frequency; 1.7 every
+    time, limited to the last check_last archives)"""
     check_frequency: Annotated[str, Field(pattern=r"^(always|\d+ (hours?|days?|weeks?|months?))$")] = "2 weeks"
+    """how often the checks run: always, or a number of hours, days, weeks or months"""
     check_last: Annotated[int, Field(ge=1, le=1000)] = 3
-    # daily at this time (server's time zone): a systemd timer where systemd runs, cron otherwise
+    """borgmatic 1.7: the archives checked"""
     at: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "03:17"
-    max_age_hours: Annotated[int, Field(ge=1, le=24 * 31)] = 26   # verify: the last backup is newer
+    """daily at this time (server's time zone): a systemd timer where systemd runs, cron
+    otherwise"""
+    max_age_hours: Annotated[int, Field(ge=1, le=24 * 31)] = 26
+    """verify and status fail when the last successful backup is older"""
 
     @model_validator(mode="after")
     def _complete(self):
@@ -407,7 +475,8 @@ class Insight(Model):
                        "relative to this file")
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = Field(
         None, description="this host's name in the store and reports (default: the short hostname)")
-    collect_every_min: Annotated[int, Field(ge=1, le=1440)] = 5    # `mailops schedule install`
+    collect_every_min: Annotated[int, Field(ge=1, le=1440)] = 5
+    """minutes between collections (`mailops schedule install`)"""
     report_to: Address | None = Field(None, description="mail each report here, through the "
                                       "server's own submission port")
     report_from: Address | None = Field(None, description="the mailbox that sends the reports "
@@ -424,6 +493,7 @@ class Migration(Model):
                                             "delete here; backup: an exact copy (deletes here "
                                             "what the old server does not have)")
     mailboxes: list[MigrationMailbox] = Field(default_factory=list)
+    """the mailboxes to pull, each a login there and an address here"""
 
 
 class RemoteMailbox(Model):
@@ -431,6 +501,7 @@ class RemoteMailbox(Model):
     mailbox, through 587) and reads it back there over IMAPS, proof that mail from here
     arrives signed and checked (DKIM, SPF and DMARC pass at the other side) over TLS."""
     address: Address
+    """a mailbox on another server that verify sends to"""
     imap: Annotated[str, Field(pattern=r"^imaps://[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
                                description="imaps://host[:port]: its IMAP server, the name "
                                            "its certificate carries")]
@@ -441,6 +512,7 @@ class RemoteMailbox(Model):
     ca_file: Path | None = Field(None, description="the CA of its certificate (default: "
                                                    "this machine's system CAs)")
     wait_s: Annotated[int, Field(ge=5, le=900)] = 60
+    """seconds verify waits for the message to arrive there"""
 
     @property
     def imap_host(self) -> str:
@@ -460,30 +532,54 @@ class Verify(Model):
 
 class Params(Model):
     target: Annotated[str, AfterValidator(_target)]
+    """the server: ssh://USER@HOST[:PORT] or local://"""
     ssh: SSH | None = None
+    """the key and known_hosts for an ssh:// target (the host key is checked, never accepted
+    unseen)"""
     hostname: FQDN
+    """the server's fully qualified name: HELO, certificates, MX target, PTR"""
     mail_domains: list[FQDN] = Field(min_length=1)
+    """the domains this server receives mail for (the first is the primary)"""
     addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(min_length=1)
+    """the server's public addresses (A/AAAA, PTR, SPF)"""
     timezone: Annotated[str, AfterValidator(_tz)] = "Etc/UTC"
+    """the server's time zone (the charts' time axes use it too)"""
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]] = Field(
         default_factory=list, description="extra Debian packages for the base step")
     resolver: Resolver = Resolver()
+    """the server's own unbound, which rspamd and postfix ask"""
     dns: Dns = Dns()
+    """the records the server needs and where they are published"""
     firewall: Firewall = Firewall()
+    """the nftables firewall"""
     updates: Updates = Updates()
+    """security updates"""
     sshd: Sshd = Sshd()
+    """sshd hardening"""
     secrets: dict[Annotated[str, Field(pattern=r"^[a-z_]+$")], SecretRef] = Field(
         default_factory=dict)
+    """named secret references (file:PATH[#key] or env:NAME, never values); `mailops lab up`
+    generates the lab's"""
     tls: TLS = TLS()
+    """the server's certificates"""
     mail: Mail = Mail()
+    """postfix and dovecot: limits, hashes, mailboxes, aliases, outbound TLS"""
     rspamd: Rspamd = Rspamd(enabled=False)
+    """spam filtering (off unless set)"""
     sieve: Sieve = Sieve()
+    """global sieve and learning from Junk moves"""
     fail2ban: Fail2ban = Fail2ban()
+    """bans after failed logins and refused mail"""
     backup: Backup = Backup()
+    """borg backups"""
     lab: Lab | None = None
+    """lab only: the lab host this server is and its neighbours"""
     migration: Migration | None = None
+    """mailboxes pulled from an old IMAP server (`mailops migrate`)"""
     insight: Insight = Insight()
+    """collect, store and reports"""
     verify: Verify = Verify()
+    """what 90-verify checks besides its own tests"""
     base_dir: Path = Field(default=Path("."), exclude=True,
                            description="set by load_params: the file's directory")
 
