@@ -1,4 +1,4 @@
-"""The ``mailops`` command: lab, plan, provision, drill; and the management
+"""The ``mailops`` command: lab, plan, provision, drill, rebuild; and the management
 commands user, alias, catchall, domain, sieve (mailops/cli/manage.py)."""
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="restore this mailbox for real (deleted or empty: as archived; "
                          "else beside its mail in Restored/<archive>)")
 
+    rb = sub.add_parser("rebuild", help="rebuild a lost server on an empty host from its latest "
+                                        "backup (refused when the host holds mail)")
+    rb.add_argument("--params", default=str(DEFAULT_PARAMS))
+    rb.add_argument("--archive", default="", help="an archive name (default: the latest)")
+    rb.add_argument("--max-age-hours", type=float, default=None, metavar="H",
+                    help="accept an archive up to H hours old (default: "
+                         "backup.rebuild_max_age_hours, 48)")
+    rb.add_argument("--dry-run", action="store_true",
+                    help="survey the host and choose the archive; change nothing")
+
     logs = sub.add_parser("logs", help="postfix log figures").add_subparsers(
         dest="action", required=True)
     ls = logs.add_parser("summary", help="pflogsumm's figures (Debian 1.1.5's definitions) for "
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--day", help="only this day, YYYY-MM-DD")
     ls.add_argument("--json", action="store_true", help="every figure as one JSON object")
     ls.add_argument("--engine", choices=["auto", "compiled", "polars", "stream"], default="auto",
-                    help="compiled: the line loop in C (mailops/_pflogc.c), fastest, memory "
+                    help="compiled: the line loop in C (mailops/insight/_pflogc.c), fastest, memory "
                          "bounded by the messages; polars: vectorised, memory growing with the "
                          "input; stream: pure Python, line by line; auto (default): compiled when "
                          "built, else polars up to about 256 MB of log and stream above")
@@ -69,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in cliinsight.COMMANDS:
             return cliinsight.run(args)
         return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill,
-                "logs": _logs}[args.cmd](args)
+                "rebuild": _rebuild, "logs": _logs}[args.cmd](args)
     except Exception as exc:
         # bad parameters: their message, exit 2 (a ParamsError exists only once a command
         # loaded mailops.core.params: `mailops logs` starts without it and pydantic)
-        params = sys.modules.get(f"{__package__}.params")
+        params = sys.modules.get("mailops.core.params")
         if params is not None and isinstance(exc, params.ParamsError):
             print(exc, file=sys.stderr)
             return 2
@@ -169,6 +179,18 @@ def _drill(args) -> int:
     from mailops.provision.runner import drill
     record = drill(args.params, archive=args.archive, restore_mailbox=args.restore_mailbox)
     return 0 if record.get("status") == "verified" else 1
+
+
+def _rebuild(args) -> int:
+    from mailops.provision.rebuild import RebuildError, rebuild
+    try:
+        report = rebuild(args.params, dry_run=args.dry_run, archive=args.archive,
+                         max_age_hours=args.max_age_hours)
+    except RebuildError as exc:
+        print(f"mailops rebuild: refused: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _plan(args) -> int:

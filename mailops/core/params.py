@@ -428,6 +428,9 @@ class Backup(Model):
     otherwise"""
     max_age_hours: Annotated[int, Field(ge=1, le=24 * 31)] = 26
     """verify and status fail when the last successful backup is older"""
+    rebuild_max_age_hours: Annotated[int, Field(ge=1, le=24 * 366)] = 48
+    """`mailops rebuild` refuses an archive older than this (mail received after it would be
+    lost); `--max-age-hours` accepts an older one on purpose"""
 
     @model_validator(mode="after")
     def _complete(self):

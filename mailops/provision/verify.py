@@ -41,10 +41,11 @@ def client_checks(params, t: Target) -> list[tuple[str, Callable[[], str]]]:
     add("submission 587 as user", lambda: smtp.deliver(t, 587, user, user, user))
     add("submission 465 as user", lambda: smtp.deliver(t, 465, user, user, user, tls="implicit"))
     for alias in m.aliases:
-        owner = next((d for d in alias.destinations if d in mailboxes), None)
-        if owner:
-            add(f"alias {alias.source}",
-                lambda a=alias.source, o=owner: smtp.deliver(t, 25, None, a, o))
+        owners = [d for d in alias.destinations if d in mailboxes]
+        if owners:
+            # every mailbox the alias reaches gets the message; each copy is taken away
+            add(f"alias {alias.source}", lambda a=alias.source, o=tuple(owners): smtp.deliver(
+                t, 25, None, a, o[0], also=o[1:]))
     for domain, dest in m.catch_all.items():
         if dest in mailboxes:
             add(f"catch-all {domain}", lambda d=domain, o=dest: smtp.deliver(

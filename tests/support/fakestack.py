@@ -62,6 +62,8 @@ class StackCommands:
         self.flushed: list[str] = []                      # doveadm auth cache flush USER
         self.kicked: list[str] = []                       # doveadm kick USER
         self.borg_archives: list[str] = []
+        self.borg_archive_age_hours = 2.0                  # the latest archive's age
+        self.rebuild_calls: list[str] = []                 # the rebuild helper's actions
         # certbot: lineage name -> {server, key_type, names, trusted, serial}
         self.lineages: dict[str, dict] = {}
         self.accounts: set[str] = set()                    # ACME servers with an account
@@ -303,6 +305,43 @@ class StackCommands:
         if a[1:3] == ["key", "export"]:
             return 0, b"BORG_KEY 0123abcd\nfakekeyfakekey\n", b""
         raise self._unexpected(a)
+
+    # -- rebuild: the survey script and the helper (mailops/remote/rebuild.py) ---------
+    def _cmd_survey(self, a, stdin):
+        vhosts, db, marker = a[4:7]
+        files = sum(1 for p in self.files if p.startswith(vhosts + "/"))
+        out = f"files {min(files, 1000)}\n" + ("users-db\n" if db in self.files else "")
+        if marker in self.files:
+            out += "marker " + self.files[marker].content.decode().strip() + "\n"
+        return 0, out.encode(), b""
+
+    def _cmd_rebuild(self, a, stdin):
+        import json
+        req = json.loads(stdin)
+        self.rebuild_calls.append(req["action"])
+        if req["action"] == "choose":
+            if not self.borg_archives:
+                return 1, b"", b"the repository holds no archive\n"
+            return 0, json.dumps({"archive": req["archive"] or self.borg_archives[-1],
+                                  "age_hours": self.borg_archive_age_hours}).encode(), b""
+        if req["action"] == "extract":
+            if any(p.startswith(req["vhosts"] + "/") for p in self.files):
+                return 1, b"", b"this host holds mail\n"
+            home = req["vhosts"] + "/example.com/hostmaster/mdbox/storage/m.1"
+            self.files[home] = FakeFile(b"archived mail", 0o600, "vmail", "vmail")
+            self.dirs.setdefault(req["users_db"].rsplit("/", 1)[0], FakeFile(b"", 0o750))
+            self.files[req["users_db"]] = FakeFile(b"archived users", 0o640, "root",
+                                                   req["users_db_group"])
+            self.files[req["marker"]] = FakeFile(json.dumps(
+                {"archive": req["archive"], "phase": "extracted"}).encode(), 0o600)
+            return 0, json.dumps({"archive": req["archive"], "placed": req["paths"],
+                                  "mailboxes": 2, "mail_files": 1}).encode(), b""
+        if req["action"] == "own":
+            self.files[req["users_db"]].group = req["users_db_group"]
+            return 0, b"{}", b""
+        if req["action"] == "state":
+            return 0, json.dumps({"redis": "restored", "fail2ban": "restored"}).encode(), b""
+        raise self._unexpected(["rebuild", req["action"]])
 
     def _cmd_borg_repo_init(self, a, stdin):
         from mailops.core.layout import BACKUP

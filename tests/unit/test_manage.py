@@ -260,3 +260,16 @@ def test_cli_bad_input_exits_2_before_connecting(root, capsys):
                str(root / "parameters" / "example.yaml"), "--password", "generate"])
     err = capsys.readouterr().err
     assert rc == 2 and "address:" in err and "nothing was written" in err
+
+
+def test_cli_invalid_parameters_exit_2_naming_the_field(tmp_path, capsys):
+    """Every command that loads parameters: a bad file is its message and exit 2, no
+    traceback and no connection (the CLI finds ParamsError where params lives)."""
+    from mailops.cli.main import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("target: ssh://root@mx1.example.com\nhostname: NOT A NAME\n"
+                   "mail_domains: [example.com]\naddresses: [203.0.113.5]\n")
+    for argv in (["plan"], ["drill"], ["provision"]):
+        rc = main([*argv, "--params", str(bad)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "hostname" in err and "Traceback" not in err, argv

@@ -11,12 +11,14 @@ from mailops.provision.steps import STEPS
 
 # notebooks that are not provisioning steps: they read, and change only on request
 OPERATIONS = ["provisioning/85-restore-drill.ipynb"]
+# a server's life: rebuilt on a new host from its backup (dry_run on by default)
+LIFECYCLE = ["provisioning/95-rebuild.ipynb"]
 # management notebooks: plan one change from their parameters, dry_run on by default
 MANAGEMENT = ["management/users.ipynb", "management/sieve.ipynb", "management/migrate.ipynb"]
 # analysis notebooks: read the store (and the server, for status); they change nothing
 ANALYSIS = ["analysis/rspamd.ipynb", "analysis/rejects.ipynb", "analysis/fail2ban.ipynb"]
 STATUS = ["analysis/status.ipynb"]
-ALL = [f"provisioning/{s.notebook}" for s in STEPS] + OPERATIONS + MANAGEMENT + ANALYSIS + STATUS
+ALL = [f"provisioning/{s.notebook}" for s in STEPS] + OPERATIONS + LIFECYCLE + MANAGEMENT + ANALYSIS + STATUS
 KINDS = {"provisioning", "management", "analysis"}
 
 

@@ -17,7 +17,9 @@ SMUGGLING_ENDINGS = {"<LF>.<CR><LF>": b"\n.\r\n", "<LF>.<LF>": b"\n.\n",
 
 
 def deliver(t: Target, port: int, login: str | None, rcpt: str, mailbox: str,
-            tls: str = "starttls", not_in: str | None = None) -> str:
+            tls: str = "starttls", not_in: str | None = None, also: tuple[str, ...] = ()) -> str:
+    """Send a marked message to ``rcpt`` and take it from ``mailbox`` (and from each of
+    ``also``, the other mailboxes it must reach), so a check leaves no mail behind."""
     token = uuid.uuid4().hex
     sender = login or f"verify@{t.hostname}"
     with t.smtp(port, tls) as s:
@@ -26,6 +28,10 @@ def deliver(t: Target, port: int, login: str | None, rcpt: str, mailbox: str,
         refused = s.send_message(message(sender, rcpt, token), sender, [rcpt])
         require(not refused, f"refused: {refused}")
     require(find_and_delete(t, mailbox, token), f"message to {rcpt} did not reach {mailbox}")
+    missed = [o for o in also if not find_and_delete(t, o, token)]
+    require(not missed, f"message to {rcpt} did not reach {', '.join(missed)}")
+    if also:
+        return f"{rcpt} -> {', '.join((mailbox, *also))} via port {port}"
     if not_in:
         require(not find_and_delete(t, not_in, token, wait=0),
                 f"message to {rcpt} also reached {not_in}")
