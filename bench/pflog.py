@@ -8,6 +8,7 @@ or FILE), each in its own process with its own peak RSS; the grand totals must b
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import subprocess
 import sys
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 
 # the line-by-line reference engine (mailops.insight.pflog.Summary), timed the same way
-STREAM = ("import sys, json; from mailops import pflog; "
+STREAM = ("import sys, json; from mailops.insight import pflog; "
           "print(json.dumps(pflog.summarize(sys.argv[1:]).grand_totals()))")
 
 
@@ -97,8 +98,9 @@ def main() -> None:
            "polars_peak_rss_mib": round(polars_rss / 1024),
            "stream_peak_rss_mib": round(stream_rss / 1024), "grand_totals_equal": same}
     print(json.dumps(out, indent=2))
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "pflog.json").write_text(json.dumps(out, indent=2) + "\n")
+    results = Path(os.environ.get("MAILOPS_BENCH_RESULTS", ROOT / "bench" / "results"))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "pflog.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
