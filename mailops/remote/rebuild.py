@@ -117,6 +117,10 @@ def extract(req):
     try:
         paths = [p.strip("/") for p in req["paths"]]
         run([BORG, "extract", f"::{req['archive']}", *paths], cwd=scratch, warnings_ok=True)
+        copy = os.path.join(scratch, req["dumps"].strip("/"), "users.sqlite")
+        if not os.path.exists(copy):       # checked before anything is placed
+            sys.exit(f"archive {req['archive']} holds no copy of the users database "
+                     f"({req['dumps']}/users.sqlite): nothing was placed")
         placed = []
         for p in paths:
             src, dst = os.path.join(scratch, p), "/" + p
@@ -133,8 +137,6 @@ def extract(req):
             move(src, dst)
             placed.append("/" + p)
         db = os.path.join(req["dumps"], "users.sqlite")
-        if not os.path.exists(db):
-            sys.exit(f"archive {req['archive']} holds no copy of the users database ({db})")
         os.makedirs(os.path.dirname(req["users_db"]), mode=0o750, exist_ok=True)
         shutil.copy2(db, req["users_db"] + ".rebuild")
         os.rename(req["users_db"] + ".rebuild", req["users_db"])
