@@ -62,6 +62,7 @@ class StackCommands:
         self.flushed: list[str] = []                      # doveadm auth cache flush USER
         self.kicked: list[str] = []                       # doveadm kick USER
         self.borg_archives: list[str] = []
+        self.borg_repo_id = "0123abcd"                      # changes when initialized anew
         self.borg_archive_age_hours = 2.0                  # the latest archive's age
         self.rebuild_calls: list[str] = []                 # the rebuild helper's actions
         # certbot: lineage name -> {server, key_type, names, trusted, serial}
@@ -301,9 +302,13 @@ class StackCommands:
         return 0, (b"ok " + self.borg_archives[-1].encode() + b"\n") if self.borg_archives \
             else b"missing\n", b""
 
+    def _cmd_borg_repo_id(self, a, stdin):
+        # borg's security directory exists once the repository was opened
+        return 0, (self.borg_repo_id + "\n").encode() if self.borg_archives else b"", b""
+
     def _cmd_mailops_borg(self, a, stdin):
         if a[1:3] == ["key", "export"]:
-            return 0, b"BORG_KEY 0123abcd\nfakekeyfakekey\n", b""
+            return 0, f"BORG_KEY {self.borg_repo_id}\nfakekeyfakekey\n".encode(), b""
         raise self._unexpected(a)
 
     # -- rebuild: the survey script and the helper (mailops/remote/rebuild.py) ---------

@@ -327,3 +327,19 @@ def test_acme_with_dane_keeps_keys_at_renewal(acme_params):
     assert len(certbot) == 2 and all("--reuse-key" in c and "--force-renewal" in c
                                      for c in certbot)
     assert s2.plan("20-tls").empty
+
+
+def test_a_key_copy_of_a_repository_initialized_anew_is_exported_again(params):
+    """The repository host lost its repository and 80-backup initialized a new one: the
+    old copy opens nothing, so it is found stale (by the id borg recorded on the server,
+    without asking the repository host) and exported again."""
+    fake = FakeHost()
+    s = converge(params, fake)
+    key_copy = params.path(params.backup.key_copy)
+    assert not s.plan("80-backup").changes
+    fake.borg_repo_id = "feedbeef"                       # a new repository at the same URL
+    [change] = [c for c in s.plan("80-backup").changes if c.resource.kind == "borg key copy"]
+    assert "0123abcd" in change.reason and "feedbeef" in change.reason
+    assert s.apply(s.plan("80-backup")).status is Status.APPLIED
+    assert key_copy.read_bytes().startswith(b"BORG_KEY feedbeef\n")
+    assert not s.plan("80-backup").changes

@@ -78,14 +78,29 @@ class BorgRepository(Resource):
                  timeout=1800)
 
 
+# the repository id borg recorded on the server for this location (borg keeps one
+# security directory per repository it has opened: its name is the id, its ``location``
+# file the URL); read on the server, no connection to the repository host
+REPO_ID = r"""loc=$1
+for d in "${BORG_SECURITY_DIR:-${BORG_CONFIG_DIR:-$HOME/.config/borg}/security}"/*/; do
+  [ -f "$d/location" ] && [ "$(cat "$d/location")" = "$loc" ] && basename "$d"
+done
+exit 0
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class BorgKeyCopy(Resource):
     """A copy of the repository key on this machine (``borg key export``, 0600):
     with ``repokey`` the key lives in the repository, and a damaged one loses
     every archive; ``borg key import`` puts the copy back.  Declared after the
-    repository.  Its facts are local: planning costs the server nothing."""
+    repository.  A copy whose repository id (its first line) is not the id of the
+    repository the server uses is the key of another repository (one that was
+    initialized anew): exported again.  Planning reads the copy here and one small
+    file on the server, never the repository host."""
     path: Path
     wrapper: str = "/usr/local/sbin/mailops-borg"
+    repository: str = ""
     kind: ClassVar[str] = "borg key copy"
 
     @property
@@ -94,17 +109,29 @@ class BorgKeyCopy(Resource):
 
     @classmethod
     def fact_commands(cls, items):
-        return []
+        return [["sh", "-c", REPO_ID, "borg_repo_id", r.repository] for r in items]
 
     @classmethod
     def parse_facts(cls, items, results):
-        return {r.key: read_key_copy(r.path) for r in items}
+        facts = {}
+        for r, res in zip(items, results):
+            state = read_key_copy(r.path)
+            ids = res.out.split() if res.ok else []
+            if state == "ok" and r.repository and ids:
+                copy_id = r.path.read_bytes()[9:].split(b"\n", 1)[0].decode(errors="replace").strip()
+                if copy_id not in ids:
+                    state = (f"the copy is the key of repository {copy_id[:12]}…, the server's "
+                             f"repository is {ids[0][:12]}…")
+            facts[r.key] = state
+        return facts
 
     def compare(self, facts):
         state = facts[self.key]
         if state == "ok":
             return []
-        return [Change(self, Action.CREATE, f"{state}: export the repository key to {self.path}")]
+        verb = "export the repository key again to" if "the copy is the key" in state \
+            else "export the repository key to"
+        return [Change(self, Action.CREATE, f"{state}: {verb} {self.path}")]
 
     def apply(self, host, change):
         key = export_key(host, self.wrapper)
