@@ -222,9 +222,8 @@ def _helper(session: Session, request: dict, timeout: float = 300) -> dict:
 
 
 def _service(session: Session, action: str, name: str) -> None:
-    session.host.run(["sh", "-c", 'if [ -d /run/systemd/system ]; then systemctl "$1" "$2"; '
-                      'else service "$2" "$1"; fi </dev/null >/dev/null 2>&1', "service",
-                      action, name], timeout=300)
+    from mailops.core.resources.services import SERVICE_CTL
+    session.host.run(["sh", "-c", SERVICE_CTL, "service_ctl", action, name], timeout=300)
 
 
 def config_plans(session: Session, info) -> dict:
@@ -236,7 +235,7 @@ def config_plans(session: Session, info) -> dict:
 
 
 def file_diffs(plans: dict) -> dict[str, str]:
-    return {c.target: c.diff for plan in plans.values() for c in plan.changes
+    return {c.resource.path: c.diff for plan in plans.values() for c in plan.changes
             if isinstance(c.resource, File) and c.diff}
 
 
@@ -401,9 +400,8 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
             st = run_packages(session, poll_s, apt_timeout_s, log)
             if st["rc"] != 0:
                 before = marker_state.get("packages_before") or {}
-                now = session.host.run(["dpkg-query", "-W", "-f",
-                                        "${Package}\t${db:Status-Abbrev}\t${Version}\n"]).out
-                from mailops.core.resources.system import parse_dpkg
+                from mailops.core.resources.system import DPKG_QUERY, parse_dpkg
+                now = session.host.run(DPKG_QUERY).out
                 moved = before and parse_dpkg(now) != before
                 tail = failure_lines(st["tail"])
                 if not moved and before:

@@ -60,3 +60,139 @@ def test_a_debian_12_host_is_taken_and_an_upgrade_under_way_is_finished():
     on13 = Info(os_version="13", codename="trixie")
     assert upgrade.refusal(on13, "trixie", {"phase": "packages"}) is None
     assert "already" in upgrade.refusal(on13, "trixie", {"phase": "done"})
+
+
+# ---- the upgrade against the fake host ---------------------------------------------
+
+from types import SimpleNamespace
+
+from support.fakehost import FakeFile, FakeHost
+from test_rebuild import Runner
+from test_steps_fake import converge, params  # noqa: F401,E402  (params: a fixture)
+
+SOURCES = b"deb http://deb.debian.org/debian bookworm main\n" \
+          b"deb http://security.debian.org/debian-security bookworm-security main\n"
+CONF = "/etc/dovecot/dovecot.conf"
+GREEN = SimpleNamespace(ok=True, checks=[SimpleNamespace(name="smtp", ok=True)])
+RED = SimpleNamespace(ok=False, checks=[SimpleNamespace(name="imaps login", ok=False)])
+
+
+@pytest.fixture
+def server(params, monkeypatch):  # noqa: F811
+    """A converged Debian 12 server on the fake host, its backup drill passing."""
+    fake = FakeHost()
+    converge(params, fake)
+    fake.files["/etc/apt/sources.list"] = FakeFile(SOURCES)
+    fake.files["/var/mail/vhosts/example.com/jane/sieve/a.svbin"] = FakeFile(b"svbin 2.3")
+    drills = []
+    monkeypatch.setattr(upgrade.backups, "drill", lambda s: drills.append(1) or SimpleNamespace(
+        ok=True, archive="mx1-before-upgrade", messages=12, differences=0, key_copy="ok"))
+    return params, fake, drills
+
+
+def run(server, runner=None, verify=GREEN, **kw):
+    params, fake, _ = server
+    return upgrade.upgrade(params, host=fake, provision=runner or Runner(),
+                           verify=lambda: verify, log=lambda m: None, poll_s=0, **kw)
+
+
+def marker(fake) -> dict:
+    import json
+    return json.loads(fake.files[upgrade.MARKER].content)
+
+
+def test_a_dry_run_shows_the_package_changes_and_the_2_4_config_and_writes_nothing(server):
+    params, fake, drills = server
+    before = fake.snapshot()
+    report = run(server, dry_run=True)
+    assert report.ok and [n for n, _, _ in report.phases] == ["survey", "plan"]
+    assert fake.snapshot() == before and fake.upgrade_calls == [] and drills == []
+    assert {"package": "dovecot-core", "from": "1:2.3.19.1+dfsg1-2.1+deb12u1",
+            "to": "1:2.4.1+dfsg1-6+deb13u2"} in report.packages
+    assert "+dovecot_config_version = 2.4.0" in report.config_diffs[CONF]
+
+
+def test_an_upgrade_writes_dovecot_2_4_before_its_package_moves_and_ends_verified(server):
+    params, fake, drills = server
+    runner = Runner()
+    report = run(server, runner)
+    assert report.ok, report.error
+    assert [n for n, _, _ in report.phases] == ["survey", "plan", "verify", "backup", "stop",
+                                                  "sources", "packages", "provision", "verify"]
+    assert drills == [1] and len(fake.borg_archives) >= 2          # a fresh backup, drilled
+    assert fake.upgrade_calls[:3] == ["defer-start", "sources", "apt-status"]
+    assert "apt-start" in fake.upgrade_calls and fake.upgrade_calls[-1] == "defer-stop"
+    # when the packages started to move: dovecot's 2.4 file in place, no service may start
+    assert b"dovecot_config_version = 2.4.0" in fake.upgrade_seen[CONF]
+    assert b"exit 101" in fake.upgrade_seen["policy"]
+    assert b"trixie" in fake.files["/etc/apt/sources.list"].content
+    assert not any(p.endswith(".svbin") for p in fake.files)       # compiled anew
+    # every step provisioned for 13 without verify, then all again with it: 0 left
+    assert [c["verify"] for c in runner.calls] == [False, True] and report.last_changes == 0
+    assert "90-verify" not in runner.calls[0]["only"]
+    assert marker(fake)["phase"] == "done" and not fake.stand_in
+    assert report.window == {"answered": 3, "first_421": 1000.0, "last_421": 1042.5,
+                             "seconds": 42.5}
+
+
+def test_verify_not_green_refuses_before_anything_changes(server):
+    params, fake, drills = server
+    before = fake.snapshot()
+    with pytest.raises(upgrade.UpgradeError, match="verify is not green .*imaps login"):
+        run(server, verify=RED)
+    assert fake.snapshot() == before and fake.upgrade_calls == [] and drills == []
+
+
+@pytest.mark.parametrize("release, words", [
+    (b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\n'
+     b'VERSION_CODENAME=trixie\n', "already trixie"),
+    (b'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\nVERSION_ID="24.04"\n'
+     b'VERSION_CODENAME=noble\n', "is not Debian")])
+def test_a_host_not_on_debian_12_is_refused_with_nothing_changed(server, release, words):
+    params, fake, _ = server
+    fake.files["/etc/os-release"] = FakeFile(release)
+    before = fake.snapshot()
+    with pytest.raises(upgrade.UpgradeError, match=words):
+        run(server)
+    assert fake.snapshot() == before and fake.upgrade_calls == []
+
+
+def test_packages_that_fail_before_any_moved_put_everything_back(server):
+    params, fake, _ = server
+    conf = fake.files[CONF].content
+    fake.upgrade_apt = "before"
+    runner = Runner()
+    report = run(server, runner)
+    assert not report.ok and "failed before any package changed" in report.error
+    assert "dpkg returned an error code" in report.error and "--to trixie` again" in report.error
+    assert fake.files["/etc/apt/sources.list"].content == SOURCES
+    assert fake.files[CONF].content == conf                    # the 2.3 file is back
+    assert marker(fake)["phase"] == "rolled-back" and not fake.stand_in
+    assert [c["tag"] for c in runner.calls] == ["upgrade-rollback"]   # daemons started again
+
+
+def test_packages_that_fail_after_some_moved_keep_the_stand_in_and_the_next_run_goes_on(server):
+    params, fake, _ = server
+    fake.upgrade_apt = "after"
+    report = run(server)
+    assert not report.ok and "no way back" in report.error and "--to trixie` again" in report.error
+    assert marker(fake)["phase"] == "packages-failed" and fake.stand_in
+    assert all(not fake.services[d]["active"] for d in ("postfix", "dovecot", "rspamd"))
+    fake.upgrade_apt = "ok"                                     # the operator fixed it
+    again = run(server)
+    assert again.ok, again.error
+    assert "stopped at packages-failed" in again.phases[0][2]
+    assert [n for n, _, _ in again.phases] == ["survey", "packages", "provision", "verify"]
+    assert marker(fake)["phase"] == "done" and not fake.stand_in
+
+
+def test_a_provision_that_fails_on_13_keeps_the_stand_in_until_the_next_run_finishes(server):
+    params, fake, _ = server
+    report = run(server, Runner(fail_at="40-dovecot"))
+    assert not report.ok and report.error.startswith("on trixie now, 40-dovecot failed: boom")
+    assert marker(fake)["phase"] == "provision-failed" and fake.stand_in
+    assert not fake.services["dovecot"]["active"]
+    again = run(server)
+    assert again.ok, again.error
+    assert [n for n, _, _ in again.phases] == ["survey", "provision", "verify"]
+    assert marker(fake)["phase"] == "done" and not fake.stand_in
