@@ -185,4 +185,13 @@ def upgrade_after_packages(p) -> list[list[str]]:
     """Commands an in-place upgrade runs once the packages moved: in the lab, the
     old sshd listener is stopped and the lab's first process starts the new one
     (the sessions under way go on)."""
-    return [["sh", "-c", 'kill "$(cat /run/sshd.pid)"']] if p.lab else []
+    # the lab's loop starts the new listener within a second; it writes its pid file once
+    # it listens, so the next connection finds it (waited for up to 30 s)
+    wait = r"""old=$(cat /run/sshd.pid); kill "$old"
+for i in $(seq 150); do
+  sleep 0.2; new=$(cat /run/sshd.pid 2>/dev/null)
+  [ -n "$new" ] && [ "$new" != "$old" ] && kill -0 "$new" 2>/dev/null && exit 0
+done
+echo "the lab's sshd did not come back" >&2; exit 1
+"""
+    return [["sh", "-c", wait, "lab_sshd_restart"]] if p.lab else []

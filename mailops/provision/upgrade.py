@@ -456,13 +456,16 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
                 _stop_daemons(session)
                 _helper(session, _defer_req(session, "defer-start"))
                 mark(session, "provision-failed")
-                report.error = (f"on {to} now, {failed.step} failed: {failed.error}. Its "
-                                f"change was rolled back; the mail daemons are stopped and the "
-                                f"stand-in answers 421 again, so senders keep their mail. Fix "
-                                f"the cause and run `{again}` again")
+                report.error = (f"on {to} now, {failed.step} failed: {failed.error}. The "
+                                f"mail daemons are stopped and the stand-in answers 421 again, "
+                                f"so senders keep their mail. Fix the cause and run `{again}` "
+                                f"again")
                 phase("provision", t, f"failed at {failed.step}")
                 return report
             mark(session, "provisioned", window=report.window)
+            # mail deferred while the daemons were down (a delivery that met a stopped
+            # dovecot, outbound mail) is retried now, not at postfix's next queue run
+            session.host.run(["postqueue", "-f"], check=False)
             phase("provision", t, f"{summary.changes} change(s) for {to}, {summary.run_dir.name}")
 
     t = time.monotonic()

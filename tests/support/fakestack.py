@@ -450,6 +450,10 @@ class StackCommands:
             raise self._unexpected(a)
         return 0, b"", b""
 
+    def _cmd_postqueue(self, a, stdin):
+        self.queue_flushed = getattr(self, "queue_flushed", 0) + 1
+        return 0, b"", b""
+
     def _cmd_mkdir(self, a, stdin):
         self.dirs.setdefault(a[-1], FakeFile(b"", int(a[a.index("-m") + 1], 8)
                                              if "-m" in a else 0o755))

@@ -131,6 +131,7 @@ def test_an_upgrade_writes_dovecot_2_4_before_its_package_moves_and_ends_verifie
     assert [c["verify"] for c in runner.calls] == [False, True] and report.last_changes == 0
     assert "90-verify" not in runner.calls[0]["only"]
     assert marker(fake)["phase"] == "done" and not fake.stand_in
+    assert fake.queue_flushed == 1             # what was deferred meanwhile goes out now
     assert report.window == {"answered": 3, "first_421": 1000.0, "last_421": 1042.5,
                              "seconds": 42.5}
 
