@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import smtplib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,11 +30,13 @@ from mailops.lab.mode import gateway_name
 from mailops.lab.seed import seed_mail
 from mailops.provision.checks.clients import target_from
 from mailops.provision.session import Session
-from mailops.provision.upgrade import DEFER_PID, MARKER
+from mailops.provision.upgrade import DEFER_PID, MARKER, WORK
 from mailstate import RETRY_S, RetryingSenders, message_ids, server_state
 
 ROOT = Path(__file__).resolve().parents[2]
 BREAK_APT = "/etc/apt/apt.conf.d/99mailops-test-break"
+# the upgrade's package job runs (its pid alive, no exit code yet)
+APT_RUNNING = 'cd "$1" && [ ! -e apt.rc ] && kill -0 "$(cat apt.pid)" 2>/dev/null'
 SIEVE = b'require "fileinto";\nif header :contains "subject" "[lists]" { fileinto "Lists"; }\n'
 
 
@@ -129,8 +133,22 @@ def upgraded(server, tmp_path_factory):
     conf.write_text(conf.read_text() + "mail_location = mdbox:~/mdbox\n")   # a 2.3 setting
     relay.start(), submit.start()
     started = time.monotonic()
+    env = {"MAILOPS_TEMPLATES": str(broken)}
+    # the controller killed while the packages move (its SSH connection cut): the job on
+    # the server goes on, and the next run finds it and waits for it
+    cut = subprocess.Popen([sys.executable, "-m", "mailops.cli.main", "upgrade", "--params",
+                            str(UPGRADE), "--to", "trixie"], cwd=ROOT, env={**os.environ, **env},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    apt_running = False
+    with Session(p) as s:
+        deadline = time.monotonic() + 900
+        while not apt_running and cut.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            apt_running = s.host.run(["sh", "-c", APT_RUNNING, "apt_running", WORK],
+                                     check=False).ok
+    cut.kill(), cut.wait()
     first = mailops_cli("upgrade", "--params", str(UPGRADE), "--to", "trixie", check=False,
-                        env={"MAILOPS_TEMPLATES": str(broken)})
+                        env=env)
     between = facts(p)
     between["answers"] = greeting(p.addresses[0]), greeting(p.addresses[0], 587)
     second = mailops_cli("upgrade", "--params", str(UPGRADE), "--to", "trixie", check=False)
@@ -143,8 +161,17 @@ def upgraded(server, tmp_path_factory):
                 break
             time.sleep(1)
     yield {"before": before, "after": server_state(p), "first": first, "second": second,
+           "apt_running": apt_running,
            "between": between, "facts": facts(p), "seconds": seconds, "relay": relay,
            "submit": submit, "users": (alice, bob)}
+
+
+def test_a_run_cut_off_while_packages_move_is_finished_by_the_next(upgraded):
+    first = upgraded["first"]
+    assert upgraded["apt_running"], "the package job was never seen running"
+    assert re.search(r"stopped at (sources|packages|stopped)", first.stdout), first.stdout[-3000:]
+    assert "the upgrade's apt job is still running; waiting for it" in first.stdout
+    assert "[upgrade] packages: upgraded to trixie" in first.stdout
 
 
 def test_a_provision_that_fails_on_the_new_release_keeps_the_stand_in_answering(upgraded):
