@@ -60,6 +60,7 @@ PACKAGE_OF = {"postfix": "postfix", "dovecot": "dovecot-core", "rspamd": "rspamd
 # left to the reboot the release notes ask for: restarting it is not this tool's to do)
 RESTART_AFTER = ("unbound", "cron")
 PREWRITE_STEP = "40-dovecot"                 # its files are written before packages move
+POSTFIX_STEP = "50-postfix"                  # the stand-in stops just before it
 
 
 class UpgradeError(Exception):
@@ -445,14 +446,19 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
 
         if at < order.index("provisioned"):
             t = time.monotonic()
-            # the stand-in gives the ports back just before postfix starts on them
-            stopped = _helper(session, _defer_req(session, "defer-stop"))
-            report.window = window(stopped, marker_state)
-            summary = provision(apply=True, verify=False, log=lambda m: log(f"  {m}"),
-                                tag="upgrade-provision",
-                                only=[s.name for s in STEPS if not s.checks])
-            if not summary.ok:
-                failed = next(s for s in summary.steps if s.status == "failed")
+            steps = [s.name for s in STEPS if not s.checks]
+            split = steps.index(POSTFIX_STEP)
+            run = functools.partial(provision, apply=True, verify=False,
+                                    log=lambda m: log(f"  {m}"), tag="upgrade-provision")
+            # the steps before postfix's while the stand-in still answers; it gives the
+            # ports back just before postfix starts on them (no refused connections)
+            summaries = [run(only=steps[:split])]
+            if summaries[-1].ok:
+                stopped = _helper(session, _defer_req(session, "defer-stop"))
+                report.window = window(stopped, marker_state)
+                summaries.append(run(only=steps[split:]))
+            failed = next((s for x in summaries for s in x.steps if s.status == "failed"), None)
+            if failed is not None:
                 _stop_daemons(session)
                 _helper(session, _defer_req(session, "defer-start"))
                 mark(session, "provision-failed")
@@ -466,7 +472,8 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
             # mail deferred while the daemons were down (a delivery that met a stopped
             # dovecot, outbound mail) is retried now, not at postfix's next queue run
             session.host.run(["postqueue", "-f"], check=False)
-            phase("provision", t, f"{summary.changes} change(s) for {to}, {summary.run_dir.name}")
+            phase("provision", t, f"{sum(x.changes for x in summaries)} change(s) for {to}, "
+                                  + ", ".join(x.run_dir.name for x in summaries))
 
     t = time.monotonic()
     summary = provision(apply=True, verify=True, log=lambda m: log(f"  {m}"),

@@ -236,7 +236,9 @@ def apt_start(req):
         f.write(req["script"])
     os.chmod(script, 0o700)
     cmd = f'sh {script} >>{log} 2>&1; echo $? >{rc}.tmp; mv {rc}.tmp {rc}'
-    p = subprocess.Popen(["setsid", "sh", "-c", cmd], stdin=subprocess.DEVNULL,
+    # a session of its own (a cut connection does not reach it); the pid is the job's
+    # shell, alive until the job ends (setsid(1) here would fork and leave a dead pid)
+    p = subprocess.Popen(["sh", "-c", cmd], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     with open(req["pidfile"], "w") as f:

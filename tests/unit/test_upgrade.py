@@ -112,9 +112,21 @@ def test_a_dry_run_shows_the_package_changes_and_the_2_4_config_and_writes_nothi
     assert "+dovecot_config_version = 2.4.0" in report.config_diffs[CONF]
 
 
+class Watching(Runner):
+    """A runner that notes whether the stand-in answered when each provision began."""
+
+    def __init__(self, fake, **kw):
+        super().__init__(**kw)
+        self.fake, self.stand_in = fake, []
+
+    def __call__(self, **kw):
+        self.stand_in.append(self.fake.stand_in)
+        return super().__call__(**kw)
+
+
 def test_an_upgrade_writes_dovecot_2_4_before_its_package_moves_and_ends_verified(server):
     params, fake, drills = server
-    runner = Runner()
+    runner = Watching(fake)
     report = run(server, runner)
     assert report.ok, report.error
     assert [n for n, _, _ in report.phases] == ["survey", "plan", "verify", "backup", "stop",
@@ -127,9 +139,12 @@ def test_an_upgrade_writes_dovecot_2_4_before_its_package_moves_and_ends_verifie
     assert b"exit 101" in fake.upgrade_seen["policy"]
     assert b"trixie" in fake.files["/etc/apt/sources.list"].content
     assert not any(p.endswith(".svbin") for p in fake.files)       # compiled anew
-    # every step provisioned for 13 without verify, then all again with it: 0 left
-    assert [c["verify"] for c in runner.calls] == [False, True] and report.last_changes == 0
-    assert "90-verify" not in runner.calls[0]["only"]
+    # every step provisioned for 13 without verify, the stand-in answering until postfix's
+    # step, then all again with verify: 0 left
+    assert [c["verify"] for c in runner.calls] == [False, False, True]
+    assert report.last_changes == 0 and runner.stand_in == [True, False, False]
+    assert "50-postfix" not in runner.calls[0]["only"] and "40-dovecot" in runner.calls[0]["only"]
+    assert runner.calls[1]["only"][0] == "50-postfix" and "90-verify" not in runner.calls[1]["only"]
     assert marker(fake)["phase"] == "done" and not fake.stand_in
     assert fake.queue_flushed == 1             # what was deferred meanwhile goes out now
     assert report.window == {"answered": 3, "first_421": 1000.0, "last_421": 1042.5,
@@ -197,3 +212,49 @@ def test_a_provision_that_fails_on_13_keeps_the_stand_in_until_the_next_run_fini
     assert again.ok, again.error
     assert [n for n, _, _ in again.phases] == ["survey", "provision", "verify"]
     assert marker(fake)["phase"] == "done" and not fake.stand_in
+
+
+# ---- the helper that runs on the server, on local files -----------------------------
+
+def helper():
+    import runpy
+    from pathlib import Path as P
+    return runpy.run_path(str(P(upgrade.__file__).parents[1] / "remote" / "upgrade.py"))
+
+
+def test_the_package_job_runs_detached_and_is_seen_running_until_it_ends(tmp_path):
+    import time
+    h = helper()
+    req = {"log": str(tmp_path / "apt.log"), "rc": str(tmp_path / "apt.rc"),
+           "pidfile": str(tmp_path / "apt.pid"), "script_path": str(tmp_path / "apt.sh"),
+           "script": "echo moving; sleep 2; echo moved\n"}
+    assert h["apt_start"](req)["started"]
+    time.sleep(0.5)
+    assert h["apt_status"](req)["running"]                 # the job's own pid, alive
+    assert not h["apt_start"](req)["started"]              # never a second job beside it
+    for _ in range(100):
+        st = h["apt_status"](req)
+        if st["rc"] is not None:
+            break
+        time.sleep(0.05)
+    assert st == {"running": False, "rc": 0, "tail": "moving\nmoved\n"}
+
+
+def test_the_sources_move_to_the_next_codename_and_come_back(tmp_path, monkeypatch):
+    h = helper()
+    src = tmp_path / "sources.list"
+    src.write_text("deb http://deb.debian.org/debian bookworm main\n"
+                   "deb http://deb.debian.org/debian bookworm-updates main\n"
+                   "deb http://security.debian.org/debian-security bookworm-security main\n"
+                   "# bookwormish stays\n")
+    before = src.read_text()
+    monkeypatch.setitem(h["sources"].__globals__, "source_files", lambda: [str(src)])
+    keep = tmp_path / "keep"
+    assert h["sources"]({"from": "bookworm", "to": "trixie", "keep_dir": str(keep)}) == {
+        "changed": [str(src)]}
+    assert src.read_text() == before.replace("bookworm ", "trixie ").replace(
+        "bookworm-", "trixie-")
+    assert h["sources"]({"from": "bookworm", "to": "trixie", "keep_dir": str(keep)}) == {
+        "changed": []}                                     # a second run: already moved
+    h["sources_restore"]({"keep_dir": str(keep)})
+    assert src.read_text() == before
