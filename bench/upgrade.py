@@ -60,7 +60,7 @@ class Watcher:
     def window(self) -> dict:
         closed = [(t, c) for t, c in self.seen if c != 220]
         if not closed:
-            return {"seconds": 0.0, "421": 0, "no_answer": 0}
+            return {"seconds": 0.0, "421": 0, "no_answer": 0, "other": []}
         return {"seconds": round(closed[-1][0] - closed[0][0], 1),
                 "421": sum(c == 421 for _, c in closed),
                 "no_answer": sum(c == 0 for _, c in closed),
@@ -102,7 +102,8 @@ def main() -> None:
               "window_client_s": seen["seconds"], "client": seen,
               "window_over_upgrade": round(seen["seconds"] / upgrade_s, 2),
               "last_changes": report.last_changes,
-              "phases": {n: round(sec, 1) for n, sec, _ in report.phases},
+              "phases": [[n, round(sec, 1)] for n, sec, _ in report.phases],
+              "probes": len(watcher.seen),
               "date": time.strftime("%Y-%m-%d")}
     out = ROOT / "bench" / "results" / "upgrade.json"
     out.parent.mkdir(exist_ok=True)
@@ -110,9 +111,9 @@ def main() -> None:
     print(f"upgrade of {result['packages']} packages with {result['messages']} messages: "
           f"{upgrade_s:.0f} s; senders told to retry for {seen['seconds']:.0f} s as the client "
           f"saw it ({result['window_over_upgrade']:.2f} of the upgrade; the stand-in counted "
-          f"{result['window_stand_in_s']} s), no answer {seen['no_answer']} time(s), "
-          f"other codes {seen['other']}")
-    for name, sec in result["phases"].items():
+          f"{result['window_stand_in_s']} s); of {len(watcher.seen)} probes {seen['421']} met "
+          f"421, {seen['no_answer']} no answer, other codes {seen['other']}")
+    for name, sec in result["phases"]:
         print(f"  {name:10} {sec:7.1f} s")
 
 

@@ -2,9 +2,10 @@
 trixie`), under mail: our retrying senders relay in on 25 and a mail client submits
 on 587 through the whole window.  The dry run shows the package changes and dovecot's
 2.4 configuration as a diff and changes nothing; a package upgrade that fails before any
-package moved is rolled back to a serving Debian 12; a provision that fails on Debian
-13 (a broken 2.4 template) keeps the stand-in answering 421 until the next run
-finishes.  Afterwards every message, folder, flag, UID and UIDVALIDITY, the users
+package moved is rolled back to a serving Debian 12; a run killed while the packages
+move (its SSH connection cut) is found by the next, which waits for the package job; a
+provision that fails on Debian 13 (a broken 2.4 template) keeps the stand-in answering
+421 until the next run finishes.  Afterwards every message, folder, flag, UID and UIDVALIDITY, the users
 database, sieve scripts, DKIM keys, Bayes counters and ban history are as before, the
 same passwords log in, verify is green with nothing left to change, and every message
 accepted during the window is delivered once: none refused with a 5xx, none lost."""
