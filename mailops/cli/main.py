@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--dry-run", action="store_true",
                     help="survey the host and choose the archive; change nothing")
 
+    up = sub.add_parser("upgrade", help="upgrade the server to the next Debian release in "
+                                        "place (12 -> 13), under mail: senders get 4xx and retry")
+    up.add_argument("--params", default=str(DEFAULT_PARAMS))
+    up.add_argument("--to", required=True, choices=["trixie"], help="the release to go to")
+    up.add_argument("--dry-run", action="store_true",
+                    help="show the packages that change and the config files rewritten "
+                         "(diffs); change nothing")
+
     logs = sub.add_parser("logs", help="postfix log figures").add_subparsers(
         dest="action", required=True)
     ls = logs.add_parser("summary", help="pflogsumm's figures (Debian 1.1.5's definitions) for "
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in cliinsight.COMMANDS:
             return cliinsight.run(args)
         return {"lab": _lab, "plan": _plan, "provision": _provision, "drill": _drill,
-                "rebuild": _rebuild, "logs": _logs}[args.cmd](args)
+                "rebuild": _rebuild, "upgrade": _upgrade, "logs": _logs}[args.cmd](args)
     except Exception as exc:
         # bad parameters: their message, exit 2 (a ParamsError exists only once a command
         # loaded mailops.core.params: `mailops logs` starts without it and pydantic)
@@ -188,6 +196,17 @@ def _rebuild(args) -> int:
                          max_age_hours=args.max_age_hours)
     except RebuildError as exc:
         print(f"mailops rebuild: refused: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _upgrade(args) -> int:
+    from mailops.provision.upgrade import UpgradeError, upgrade
+    try:
+        report = upgrade(args.params, to=args.to, dry_run=args.dry_run)
+    except UpgradeError as exc:
+        print(f"mailops upgrade: refused: {exc}", file=sys.stderr)
         return 2
     print(report)
     return 0 if report.ok else 1

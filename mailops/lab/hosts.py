@@ -476,7 +476,7 @@ def _ensure_keys(spec: LabSpec, local: LocalHost) -> None:
         f'Acquire::http::Proxy "http://{spec.gateway}:{PROXY_PORT}";\n')
 
 
-# The namespace's first process: mounts, hostname, then sshd as PID 1.
+# The namespace's first process: mounts, hostname, then sshd under a shell loop.
 NS_INIT = r"""set -e
 R=$1
 mount -t proc proc "$R/proc"
@@ -487,7 +487,14 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
 mount --bind "$R/dev/pts/ptmx" "$R/dev/ptmx"
 mkdir -p "$R/run/sshd" "$R/run/lock"
 hostname "$2"
-exec chroot "$R" /usr/sbin/sshd -D -e
+# sshd supervised, not exec'd: killing its listener (an upgrade of openssh must restart
+# it: 9.2's listener cannot start 10's sshd-session) starts the new binary, and the
+# sessions under way go on; a listener started by an init script is left alone
+while :; do
+  chroot "$R" sh -c 'kill -0 "$(cat /run/sshd.pid 2>/dev/null)" 2>/dev/null' ||
+    chroot "$R" /usr/sbin/sshd -D -e || true
+  sleep 1
+done
 """
 
 

@@ -8,6 +8,7 @@ For a parameters file with a ``lab:`` section, :func:`overlay` adds, per step:
 - 50-postfix: the lab's outbound transport (the lab has no route out: mail for
   other domains is kept in ``/var/spool/mailops/outbound``; ``mail.outbound: lab``
   selects it in main.cf and master.cf);
+- 96-upgrade: sshd restarted by the lab, not by its package (:func:`upgrade_restartable`);
 - 60-rspamd: lookups that cannot work in the lab are not made (fuzzy storage,
   DNS block lists, ASN; the lab resolver refuses them, and rspamd logged an error
   for each on every message), and a multimap rule the tests use to reach the
@@ -168,3 +169,29 @@ def overlay(step: str, p, info) -> list[Resource]:
             File("/etc/rspamd/local.d/mailops-lab-greylist.map",
                  "/mailops-lab-greylist/i\n", notify=("rspamd",))]
     return []
+
+
+def upgrade_restartable(p) -> tuple[str, ...]:
+    """The init scripts an in-place upgrade lets restart while packages move.  On a
+    real server that is ssh: openssh 10 moved sessions into ``sshd-session``, and a
+    9.2 listener left running cannot start the new binary (every new connection is
+    reset), so Debian's postinst restarts it.  In the lab sshd runs under the
+    namespace's first process, not from its init script: see
+    :func:`upgrade_after_packages`."""
+    return () if p.lab else ("ssh",)
+
+
+def upgrade_after_packages(p) -> list[list[str]]:
+    """Commands an in-place upgrade runs once the packages moved: in the lab, the
+    old sshd listener is stopped and the lab's first process starts the new one
+    (the sessions under way go on)."""
+    # the lab's loop starts the new listener within a second; it writes its pid file once
+    # it listens, so the next connection finds it (waited for up to 30 s)
+    wait = r"""old=$(cat /run/sshd.pid); kill "$old"
+for i in $(seq 150); do
+  sleep 0.2; new=$(cat /run/sshd.pid 2>/dev/null)
+  [ -n "$new" ] && [ "$new" != "$old" ] && kill -0 "$new" 2>/dev/null && exit 0
+done
+echo "the lab's sshd did not come back" >&2; exit 1
+"""
+    return [["sh", "-c", wait, "lab_sshd_restart"]] if p.lab else []

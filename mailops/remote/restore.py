@@ -125,10 +125,12 @@ def compare(user, series, scratch, vhosts, saved_before):
 
 
 def diff(live, restored, saved_before):
-    """Compare {(folder, guid): (sha256, saved)} maps (pure)."""
+    """Compare {(folder, guid): (sha256, saved)} maps (pure).  Times are whole seconds:
+    a message saved in the second the archive started may have come after borg read its
+    folder (under mail it does), so it counts as newer than the backup, not missing."""
     differ = sorted(k for k in live.keys() & restored.keys() if live[k][0] != restored[k][0])
-    missing = sorted(k for k in live.keys() - restored.keys() if live[k][1] <= saved_before)
-    newer = sorted(k for k in live.keys() - restored.keys() if live[k][1] > saved_before)
+    missing = sorted(k for k in live.keys() - restored.keys() if live[k][1] < saved_before)
+    newer = sorted(k for k in live.keys() - restored.keys() if live[k][1] >= saved_before)
     gone = sorted(restored.keys() - live.keys())
     return {"live": len(live), "restored": len(restored), "identical":
             len(live.keys() & restored.keys()) - len(differ),

@@ -16,6 +16,7 @@ from mailops.provision.session import Session
 ROOT = Path(__file__).resolve().parents[2]
 LAB_PARAMS = ROOT / "parameters" / "lab.yaml"
 TRIXIE = ROOT / "parameters" / "lab-trixie.yaml"
+UPGRADE = ROOT / "parameters" / "lab-upgrade.yaml"
 
 
 def pytest_collection_modifyitems(items):
@@ -70,10 +71,11 @@ def session(lab_up, lab_params):
         yield s
 
 
-def mailops_cli(*args, check=True, env=None):
+def mailops_cli(*args, check=True, env=None, input=None):
     """The command a user types, in a subprocess."""
     proc = subprocess.run([sys.executable, "-m", "mailops.cli.main", *args], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=1800)
+                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=1800,
+                          input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"mailops {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LAB_PARAMS, SYSTEMD, TRIXIE, provision_json
+from conftest import LAB_PARAMS, SYSTEMD, TRIXIE, UPGRADE, provision_json
 from mailops.core.params import load_params
 from mailops.provision.steps import STEPS
 from mailops.provision.session import Session
@@ -14,9 +14,10 @@ from mailops.provision.session import Session
 
 @pytest.fixture(scope="module", autouse=True)
 def _other_servers_meanwhile(prebuild):
-    """The Debian 13 and the systemd lab servers are built from nothing in the background
-    while this module provisions lab1 (test_04 and test_11 check them)."""
-    prebuild.start(TRIXIE, SYSTEMD)
+    """The Debian 13, the systemd and the to-be-upgraded Debian 12 lab servers are built
+    from nothing in the background while this module provisions lab1 (test_04, test_11
+    and test_21 check them)."""
+    prebuild.start(TRIXIE, SYSTEMD, UPGRADE)
 
 
 def test_notebooks_apply_then_a_second_run_changes_nothing(lab_up):

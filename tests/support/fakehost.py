@@ -22,7 +22,7 @@ from mailops.core.resources.system import DPKG_QUERY
 
 READ_ONLY = {"stat_paths", "service_status", "batch", "hostname_is", "cat", "getent",
              "dpkg-query", "uname", "df", "init_system", "nft-list", "check", "userdb_dump",
-             "sieve_fresh", "borg_repo_state", "borg_repo_id", "acme_state", "ca_trusted", "tlsa_spki"}
+             "sieve_fresh", "borg_repo_state", "borg_repo_id", "marker", "simulate", "acme_state", "ca_trusted", "tlsa_spki"}
 
 
 class UnexpectedCommand(AssertionError):
@@ -274,6 +274,8 @@ class FakeHost(StackCommands, Host):
             return 1, b"", f"{svc}: unrecognized service\n".encode()
         if action == "enable":
             self.services[svc]["enabled"] = True
+        elif action == "stop":
+            self.services[svc]["active"] = False
         else:
             self.services[svc]["active"] = True
             self.services[svc].setdefault("reloads", 0)

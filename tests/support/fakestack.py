@@ -65,6 +65,14 @@ class StackCommands:
         self.borg_repo_id = "0123abcd"                      # changes when initialized anew
         self.borg_archive_age_hours = 2.0                  # the latest archive's age
         self.rebuild_calls: list[str] = []                 # the rebuild helper's actions
+        # mailops upgrade: the helper's actions, how the package job ends ("ok",
+        # "before": fails before any package moved, "after": fails after some did),
+        # and dovecot.conf as it was when the package job started
+        self.upgrade_calls: list[str] = []
+        self.upgrade_apt = "ok"
+        self.upgrade_apt_rc: int | None = None
+        self.upgrade_seen: dict[str, bytes] = {}
+        self.stand_in = False
         # certbot: lineage name -> {server, key_type, names, trusted, serial}
         self.lineages: dict[str, dict] = {}
         self.accounts: set[str] = set()                    # ACME servers with an account
@@ -347,6 +355,113 @@ class StackCommands:
         if req["action"] == "state":
             return 0, json.dumps({"redis": "restored", "fail2ban": "restored"}).encode(), b""
         raise self._unexpected(["rebuild", req["action"]])
+
+    # -- upgrade: the simulation, the helper (mailops/remote/upgrade.py), its scripts -----
+    NEXT_VERSIONS = {"dovecot-core": "1:2.4.1+dfsg1-6+deb13u2", "borgmatic": "1.9.14-1"}
+
+    def _cmd_marker(self, a, stdin):
+        f = self.files.get(a[4])
+        return 0, f.content if f else b"", b""
+
+    def _cmd_simulate(self, a, stdin):
+        out = "NOTE: This is only a simulation!\n" + "".join(
+            f"Inst {n} [{v}] ({self.NEXT_VERSIONS.get(n, v + '+deb13')} Debian:13.2/stable "
+            "[amd64])\n" for n, v in sorted(self.packages.items()))
+        return 0, out.encode(), b""
+
+    def _moved(self, names) -> None:
+        for n in names:
+            self.packages[n] = self.NEXT_VERSIONS.get(n, self.packages[n] + "+deb13")
+
+    def _cmd_upgrade(self, a, stdin):
+        import json
+        req = json.loads(stdin)
+        act = req["action"]
+        self.upgrade_calls.append(act)
+        keep = "/var/lib/mailops/upgrade/apt%etc%apt%sources.list"
+        if act == "defer-start":
+            if req.get("fresh"):
+                self.upgrade_answered = 0
+            self.stand_in = True
+            return 0, b'{"pid": 4242, "already": false}', b""
+        if act == "defer-stop":
+            was, self.stand_in = self.stand_in, False
+            n = getattr(self, "upgrade_answered", 0) + 3
+            return 0, json.dumps({"stopped": was, "answered": n, "first": 1000.0,
+                                  "last": 1042.5}).encode(), b""
+        if act == "sources":
+            src = self.files["/etc/apt/sources.list"]
+            new = src.content.replace(req["from"].encode(), req["to"].encode())
+            if new == src.content:
+                return 0, b'{"changed": []}', b""
+            self.files.setdefault(keep, FakeFile(src.content, 0o600))
+            self.files["/etc/apt/sources.list"] = FakeFile(new, src.mode)
+            return 0, b'{"changed": ["/etc/apt/sources.list"]}', b""
+        if act == "sources-restore":
+            if keep in self.files:
+                self.files["/etc/apt/sources.list"] = FakeFile(self.files.pop(keep).content)
+            return 0, b'{"restored": ["/etc/apt/sources.list"]}', b""
+        if act == "apt-start":
+            self.upgrade_seen = {p: f.content for p, f in self.files.items()
+                                 if p.startswith("/etc/dovecot/")}
+            self.upgrade_seen["policy"] = req["script"].encode()
+            if self.upgrade_apt == "before":
+                self.upgrade_apt_rc = 100
+            elif self.upgrade_apt == "after":
+                self._moved(["libc6"] if "libc6" in self.packages else list(self.packages)[:1])
+                self.upgrade_apt_rc = 100
+            else:
+                self._moved(list(self.packages))
+                self.files["/etc/os-release"] = FakeFile(
+                    b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n'
+                    b'VERSION_ID="13"\nVERSION_CODENAME=trixie\n')
+                self.upgrade_apt_rc = 0
+            return 0, b'{"running": true, "started": true, "pid": 4343}', b""
+        if act == "apt-status":
+            tail = "E: Sub-process /usr/bin/dpkg returned an error code (1)\n" \
+                if self.upgrade_apt_rc else "== done\n"
+            return 0, json.dumps({"running": False, "rc": self.upgrade_apt_rc,
+                                  "tail": tail if self.upgrade_apt_rc is not None else ""}
+                                 ).encode(), b""
+        raise self._unexpected(["upgrade", act])
+
+    def _cmd_keep(self, a, stdin):
+        work = a[4]
+        for p in a[5:]:
+            k = f"{work}/keep" + p.replace("/", "%")
+            if p in self.files and k not in self.files:
+                self.files[k] = FakeFile(self.files[p].content, self.files[p].mode,
+                                         self.files[p].owner, self.files[p].group)
+        return 0, b"", b""
+
+    def _cmd_restore(self, a, stdin):
+        prefix = a[4] + "/keep"
+        for k in [k for k in self.files if k.startswith(prefix)]:
+            self.files[k[len(prefix):].replace("%", "/")] = self.files.pop(k)
+        return 0, b"", b""
+
+    def _cmd_svbin(self, a, stdin):
+        for p in [p for p in self.files if p.endswith(".svbin") and p.startswith(tuple(a[4:6]))]:
+            del self.files[p]
+        return 0, b"", b""
+
+    def _cmd_apt_get(self, a, stdin):
+        if a[1:] != ["-q", "update"]:
+            raise self._unexpected(a)
+        return 0, b"", b""
+
+    def _cmd_postqueue(self, a, stdin):
+        self.queue_flushed = getattr(self, "queue_flushed", 0) + 1
+        return 0, b"", b""
+
+    def _cmd_mkdir(self, a, stdin):
+        self.dirs.setdefault(a[-1], FakeFile(b"", int(a[a.index("-m") + 1], 8)
+                                             if "-m" in a else 0o755))
+        return 0, b"", b""
+
+    def _cmd_mailops_backup(self, a, stdin):
+        self.borg_archives.append(f"mx1-{len(self.borg_archives)}")
+        return 0, b"", b""
 
     def _cmd_borg_repo_init(self, a, stdin):
         from mailops.core.layout import BACKUP

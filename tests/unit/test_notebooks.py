@@ -12,7 +12,7 @@ from mailops.provision.steps import STEPS
 # notebooks that are not provisioning steps: they read, and change only on request
 OPERATIONS = ["provisioning/85-restore-drill.ipynb"]
 # a server's life: rebuilt on a new host from its backup (dry_run on by default)
-LIFECYCLE = ["provisioning/95-rebuild.ipynb"]
+LIFECYCLE = ["provisioning/95-rebuild.ipynb", "provisioning/96-upgrade.ipynb"]
 # management notebooks: plan one change from their parameters, dry_run on by default
 MANAGEMENT = ["management/users.ipynb", "management/sieve.ipynb", "management/migrate.ipynb"]
 # analysis notebooks: read the store (and the server, for status); they change nothing

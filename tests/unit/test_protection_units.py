@@ -129,6 +129,10 @@ def test_restore_drill_comparison():
     lost = {k: v for k, v in restored.items() if k != ("INBOX", "g1")}
     assert diff(changed, restored, "2026-11-02 00:00:00")["differ"] == [["INBOX", "g2"]]
     assert diff(live, lost, "2026-11-02 00:00:00")["missing_from_backup"] == [["INBOX", "g1"]]
+    # saved in the second the archive started (under mail, after borg read INBOX): newer
+    d = diff(live, lost, "2026-11-01 10:00:00")
+    assert d["missing_from_backup"] == [] and d["newer_than_backup"] == 2
+    assert diff(live, lost, "2026-11-01 10:00:01")["missing_from_backup"] == [["INBOX", "g1"]]
 
 
 def test_validated_file_refuses_a_bad_candidate_and_keeps_the_old(tmp_path):
