@@ -295,7 +295,11 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
             marker_state.update(marker)
             report.from_release = marker.get("from", "")
             phase("survey", t, f"an upgrade to {to} stopped at {marker['phase']} "
-                               f"({marker.get('at', '?')}): going on from there")
+                               f"({marker.get('at', '?')}): "
+                  + ("a run without --dry-run goes on from there" if dry_run
+                     else "going on from there"))
+            if dry_run:
+                return report
         else:
             report.from_release = info.codename
             phase("survey", t, f"{info.pretty_name}, {len(info.packages)} packages")

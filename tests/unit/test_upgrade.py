@@ -208,6 +208,10 @@ def test_a_provision_that_fails_on_13_keeps_the_stand_in_until_the_next_run_fini
     assert not report.ok and report.error.startswith("on trixie now, 40-dovecot failed: boom")
     assert marker(fake)["phase"] == "provision-failed" and fake.stand_in
     assert not fake.services["dovecot"]["active"]
+    before = fake.snapshot()                                   # a dry run meanwhile: reads only
+    dry = run(server, dry_run=True)
+    assert dry.ok and "stopped at provision-failed" in dry.phases[0][2]
+    assert fake.snapshot() == before
     again = run(server)
     assert again.ok, again.error
     assert [n for n, _, _ in again.phases] == ["survey", "provision", "verify"]
