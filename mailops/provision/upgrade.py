@@ -398,10 +398,9 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
                                 f"`dpkg --configure -a` on the host) and run `{again}` again")
                 phase("packages", t, "failed")
                 return report
-            mark(session, "packages")
-            phase("packages", t, f"upgraded to {to}")
             # compiled sieve binaries are release-specific: compiled anew (globals by
-            # 65-sieve, each user's at its next delivery)
+            # 65-sieve, each user's at its next delivery); all this again on a run that
+            # resumes before the marker says packages (the job's exit code 0 is kept)
             session.host.run(["sh", "-c", 'find "$1" "$2" -name "*.svbin" -delete',
                               "svbin", SIEVE_DIR, VHOSTS], timeout=600)
             from mailops.lab import mode as labmode
@@ -414,6 +413,8 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
                     except CommandError:
                         pass                  # reported by the provision that follows
             session._info = None
+            mark(session, "packages")
+            phase("packages", t, f"upgraded to {to}")
 
         if at < order.index("provisioned"):
             t = time.monotonic()
