@@ -7,6 +7,7 @@ stops after the plan.  Exit codes: 0 done, 1 failed on the server, 2 bad input
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -23,10 +24,14 @@ def add_parsers(sub, default_params: Path) -> None:
                            help="show the planned rows and actions; write nothing")
         return p
 
-    user = sub.add_parser("user", help="mailboxes: list, add, passwd, quota, disable, enable, "
-                                       "remove").add_subparsers(dest="action", required=True)
+    user = sub.add_parser("user", help="mailboxes: list, settings, add, passwd, quota, disable, "
+                                       "enable, remove").add_subparsers(dest="action", required=True)
     p = cmd(user, "list", "every mailbox with quota, usage, messages, last login", write=False)
     p.add_argument("--domain")
+    p.add_argument("--json", action="store_true")
+    p = cmd(user, "settings", "what to type into a mail client: host, ports, TLS, user name",
+            write=False)
+    p.add_argument("address")
     p.add_argument("--json", action="store_true")
     p = cmd(user, "add", "add mailboxes (several: one transaction)")
     p.add_argument("address", nargs="+")
@@ -183,6 +188,11 @@ def _run(session, args) -> int:
         df = users.mailboxes(session, args.domain)
         print(df.to_json(orient="records", date_format="iso") if args.json
               else df.to_string(index=False))
+        return 0
+    if (what, action) == ("user", "settings"):
+        from mailops.manage.settings import client_settings
+        found = client_settings(session.params, users.state(session), args.address)
+        print(json.dumps(found.rows(), indent=2) if args.json else found)
         return 0
     if (what, action) == ("alias", "list"):
         df = users.aliases(session)

@@ -4,6 +4,7 @@ instead of TCP ports on loopback, which any local user can reach and about which
 ipykernel 7 warns at every start ("Kernel is running over TCP without encryption")."""
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -24,7 +25,8 @@ class IPCKernelManager(AsyncKernelManager):
         parallel start kernels at once, and a kernel then never answers."""
         runtime = Path(jupyter_runtime_dir())
         runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return str(runtime / f"mailops-{uuid.uuid4().hex[:16]}")
+        # the controller's pid first: a process can tell its own kernels' sockets
+        return str(runtime / f"mailops-{os.getpid()}-{uuid.uuid4().hex[:16]}")
 
 
 def execute(notebook: str | Path, out: str | Path, parameters: dict, **kwargs):

@@ -9,8 +9,6 @@ import json
 import re
 import time
 
-from mailops.core.host import CommandError
-from mailops.remote import source
 from mailops.core.facts import dovecot_series
 from mailops.core.layout import BACKUP as PATHS
 from mailops.core.layout import VHOSTS
@@ -87,13 +85,7 @@ def _helper(session, request: dict, timeout: float = 1800) -> dict:
            "series": dovecot_series(session.info), **request}
     if req["archive"] and not _ARCHIVE.fullmatch(req["archive"]):
         raise BackupError(f"not an archive name: {req['archive']!r}")
-    try:
-        res = session.host.run(["python3", "-c", source("restore"), "restore"],
-                               stdin=json.dumps(req).encode(), timeout=timeout)
-    except CommandError as exc:
-        raise BackupError(exc.result.err.strip().splitlines()[-1] if exc.result.err.strip()
-                          else str(exc)) from None
-    return json.loads(res.out)
+    return session.helper("restore", req, error=BackupError, timeout=timeout)
 
 
 def drill(session, archive: str = "") -> DrillReport:

@@ -21,7 +21,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from mailops.core import plan as planning
 from mailops.core.host import CommandError, Host
@@ -31,9 +31,9 @@ from mailops.core.resources import Directory, Group, Packages, Resource, User
 from mailops.core.resources.base import FactError
 from mailops.core.resources.maildb import DB_GROUP, DB_PATH
 from mailops.core.resources.rspamd import DKIM_DIR
-from mailops.remote import source
 from . import runner
 from .backup import SCRATCH_PARENT, check_key_copy
+from .phased import PhasedReport
 from .session import Session
 from .steps import STEPS
 from .steps import backup as backup_step
@@ -54,48 +54,21 @@ class RebuildError(Exception):
 
 
 @dataclasses.dataclass
-class RebuildReport:
-    target: str
+class RebuildReport(PhasedReport):
     archive: str = ""
     archive_age_hours: float | None = None
-    phases: list[tuple[str, float, str]] = dataclasses.field(default_factory=list)
     restored: dict = dataclasses.field(default_factory=dict)
-    dry_run: bool = False
-    error: str | None = None
-    last_changes: int | None = None       # the final provision's: 0 when converged
+    STEP: ClassVar[str] = "95-rebuild"
+    COMMAND: ClassVar[str] = "rebuild"
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def seconds(self) -> float:
-        return sum(s for _, s, _ in self.phases)
-
-    def record(self) -> dict:
-        return {"step": "95-rebuild", "status": ("planned" if self.dry_run else "applied")
-                if self.ok else "failed", "changes": 0, "archive": self.archive,
-                "archive_age_hours": self.archive_age_hours, "error": self.error,
-                "phases": [{"phase": n, "seconds": round(s, 2), "detail": d}
-                           for n, s, d in self.phases],
-                "restored": self.restored, "last_changes": self.last_changes,
-                "rolled_back": [], "targets": []}
-
-    def raise_for_status(self) -> None:
-        if not self.ok:
-            from mailops.core.plan import StepFailed
-            raise StepFailed(f"rebuild: {self.error}")
+    def details(self) -> dict:
+        return {"archive": self.archive, "archive_age_hours": self.archive_age_hours,
+                "restored": self.restored}
 
     def __str__(self) -> str:
-        head = (f"mailops rebuild {'(dry run) ' if self.dry_run else ''}of {self.target}: "
-                f"{'ok' if self.ok else 'FAILED'}"
-                + (f", archive {self.archive}" if self.archive else "")
-                + (f" ({self.archive_age_hours} h old)" if self.archive_age_hours is not None
-                   else "") + f", {self.seconds:.1f}s")
-        lines = [head] + [f"  {n:10} {s:7.1f}s  {d}" for n, s, d in self.phases]
-        if self.error:
-            lines.append(f"  error: {self.error}")
-        return "\n".join(lines)
+        return self.render((f", archive {self.archive}" if self.archive else "")
+                           + (f" ({self.archive_age_hours} h old)"
+                              if self.archive_age_hours is not None else ""))
 
 
 def access_resources(p: Params, info) -> list[Resource]:
@@ -112,13 +85,7 @@ def access_resources(p: Params, info) -> list[Resource]:
 def _helper(session: Session, request: dict, timeout: float = 3600) -> dict:
     req = {"vhosts": VHOSTS, "users_db": DB_PATH, "users_db_group": DB_GROUP, "dumps": BACKUP.dumps, "dkim_dir": DKIM_DIR,
            "marker": MARKER, "state": BACKUP.state, "scratch_parent": SCRATCH_PARENT, **request}
-    try:
-        res = session.host.run(["python3", "-c", source("rebuild"), "rebuild"],
-                               stdin=json.dumps(req).encode(), timeout=timeout)
-    except CommandError as exc:
-        err = exc.result.err.strip()
-        raise RebuildError(err.splitlines()[-1] if err else str(exc)) from None
-    return json.loads(res.out)
+    return session.helper("rebuild", req, error=RebuildError, timeout=timeout)
 
 
 SURVEY = r"""v=$1; db=$2; m=$3

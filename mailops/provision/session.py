@@ -6,9 +6,10 @@ from pathlib import Path
 
 from mailops.core import plan as planning
 from mailops.core.facts import HostInfo, read_host_info
-from mailops.core.host import Host, connect
+from mailops.core.host import CommandError, Host, connect
 from mailops.core.params import Params, load_params
 from mailops.core.plan import ApplyResult, Plan, Status
+from mailops.remote import source
 from .steps import get_step
 
 
@@ -56,6 +57,19 @@ class Session:
         result = planning.apply(self.host, plan)
         self._info = None      # packages or hostname may have changed
         return result
+
+    def helper(self, name: str, request: dict, *, error: type[Exception],
+               timeout: float) -> dict:
+        """Run the server-side helper ``name`` (``mailops/remote``) with ``request`` as JSON
+        on stdin; its JSON answer.  A failure raises ``error`` with the helper's last line
+        of stderr, its own words."""
+        try:
+            res = self.host.run(["python3", "-c", source(name), name],
+                                stdin=json.dumps(request).encode(), timeout=timeout)
+        except CommandError as exc:
+            err = exc.result.err.strip()
+            raise error(err.splitlines()[-1] if err else str(exc)) from None
+        return json.loads(res.out)
 
     def close(self) -> None:
         if self._host is not None:

@@ -31,16 +31,16 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from mailops.core import plan as planning
 from mailops.core.host import CommandError, Host
 from mailops.core.layout import SIEVE_DIR, VHOSTS, tls_paths
 from mailops.core.params import Params, load_params
 from mailops.core.resources import File
-from mailops.remote import source
 from . import backup as backups
 from . import runner
+from .phased import PhasedReport
 from .session import Session
 from .steps import STEPS, get_step
 
@@ -68,55 +68,28 @@ class UpgradeError(Exception):
 
 
 @dataclasses.dataclass
-class UpgradeReport:
-    target: str
+class UpgradeReport(PhasedReport):
     from_release: str = ""
     to_release: str = ""
-    phases: list[tuple[str, float, str]] = dataclasses.field(default_factory=list)
     packages: list[dict] = dataclasses.field(default_factory=list)
     config_diffs: dict = dataclasses.field(default_factory=dict)
     window: dict = dataclasses.field(default_factory=dict)
-    dry_run: bool = False
-    error: str | None = None
-    last_changes: int | None = None
+    STEP: ClassVar[str] = "96-upgrade"
+    COMMAND: ClassVar[str] = "upgrade"
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def seconds(self) -> float:
-        return sum(s for _, s, _ in self.phases)
-
-    def record(self) -> dict:
-        return {"step": "96-upgrade", "status": ("planned" if self.dry_run else "applied")
-                if self.ok else "failed", "changes": 0, "from": self.from_release,
-                "to": self.to_release, "error": self.error,
-                "phases": [{"phase": n, "seconds": round(s, 2), "detail": d}
-                           for n, s, d in self.phases],
+    def details(self) -> dict:
+        return {"from": self.from_release, "to": self.to_release,
                 "packages": len(self.packages), "config_files": sorted(self.config_diffs),
-                "window": self.window, "last_changes": self.last_changes,
-                "rolled_back": [], "targets": []}
-
-    def raise_for_status(self) -> None:
-        if not self.ok:
-            from mailops.core.plan import StepFailed
-            raise StepFailed(f"upgrade: {self.error}")
+                "window": self.window}
 
     def package_table(self) -> list[dict]:
         return self.packages
 
     def __str__(self) -> str:
-        head = (f"mailops upgrade {'(dry run) ' if self.dry_run else ''}of {self.target} "
-                f"{self.from_release or '?'} -> {self.to_release or '?'}: "
-                f"{'ok' if self.ok else 'FAILED'}, {self.seconds:.1f}s")
-        lines = [head] + [f"  {n:10} {s:7.1f}s  {d}" for n, s, d in self.phases]
-        if self.window:
-            lines.append(f"  window: {self.window.get('seconds', 0):.1f}s of 421 (stand-in), "
-                         f"{self.window.get('answered', 0)} connection(s) told to retry")
-        if self.error:
-            lines.append(f"  error: {self.error}")
-        return "\n".join(lines)
+        extra = [f"  window: {self.window.get('seconds', 0):.1f}s of 421 (stand-in), "
+                 f"{self.window.get('answered', 0)} connection(s) told to retry"] \
+            if self.window else []
+        return self.render(f" {self.from_release or '?'} -> {self.to_release or '?'}", extra)
 
 
 # ---- what the host is, and what would change (reads only) ----------------------------
@@ -213,13 +186,7 @@ def refusal(info, to: str, marker: dict | None) -> str | None:
 
 
 def _helper(session: Session, request: dict, timeout: float = 300) -> dict:
-    try:
-        res = session.host.run(["python3", "-c", source("upgrade"), "upgrade"],
-                               stdin=json.dumps(request).encode(), timeout=timeout)
-    except CommandError as exc:
-        err = exc.result.err.strip()
-        raise UpgradeError(err.splitlines()[-1] if err else str(exc)) from None
-    return json.loads(res.out)
+    return session.helper("upgrade", request, error=UpgradeError, timeout=timeout)
 
 
 def _service(session: Session, action: str, name: str) -> None:
@@ -328,7 +295,11 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
             marker_state.update(marker)
             report.from_release = marker.get("from", "")
             phase("survey", t, f"an upgrade to {to} stopped at {marker['phase']} "
-                               f"({marker.get('at', '?')}): going on from there")
+                               f"({marker.get('at', '?')}): "
+                  + ("a run without --dry-run goes on from there" if dry_run
+                     else "going on from there"))
+            if dry_run:
+                return report
         else:
             report.from_release = info.codename
             phase("survey", t, f"{info.pretty_name}, {len(info.packages)} packages")
@@ -427,10 +398,9 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
                                 f"`dpkg --configure -a` on the host) and run `{again}` again")
                 phase("packages", t, "failed")
                 return report
-            mark(session, "packages")
-            phase("packages", t, f"upgraded to {to}")
             # compiled sieve binaries are release-specific: compiled anew (globals by
-            # 65-sieve, each user's at its next delivery)
+            # 65-sieve, each user's at its next delivery); all this again on a run that
+            # resumes before the marker says packages (the job's exit code 0 is kept)
             session.host.run(["sh", "-c", 'find "$1" "$2" -name "*.svbin" -delete',
                               "svbin", SIEVE_DIR, VHOSTS], timeout=600)
             from mailops.lab import mode as labmode
@@ -443,6 +413,8 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
                     except CommandError:
                         pass                  # reported by the provision that follows
             session._info = None
+            mark(session, "packages")
+            phase("packages", t, f"upgraded to {to}")
 
         if at < order.index("provisioned"):
             t = time.monotonic()

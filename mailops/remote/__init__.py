@@ -12,3 +12,4 @@ from pathlib import Path
 @functools.cache
 def source(name: str) -> str:
     return (Path(__file__).parent / f"{name}.py").read_text()
+

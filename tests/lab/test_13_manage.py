@@ -9,6 +9,7 @@ import datetime as dt
 import imaplib
 import json
 import smtplib
+import socket
 import stat
 import time
 import uuid
@@ -192,6 +193,35 @@ def test_add_list_login_passwd_disable_enable_remove(params, session, tmp_path):
     pw_file.unlink()
 
 
+def test_a_client_that_follows_the_settings_logs_in_on_every_port_they_name(params, mailboxes):
+    """`mailops user settings`: every row is tried as a client would take it (the TLS it
+    says, the user name it says, the user's password), and a disabled mailbox is refused."""
+    [(addr, password)] = mailboxes("dora")
+    rows = json.loads(cli("user", "settings", addr, "--json").stdout)
+    t = target_from(params)
+    assert [r["port"] for r in rows] == [993, 465, 587, 4190]
+    for r in rows:
+        assert r["host"] == params.hostname and r["username"] == addr
+        if r["protocol"] == "IMAP":
+            with t.imap_connect() as m:
+                assert m.login(r["username"], password)[0] == "OK"
+        elif r["protocol"] == "SMTP":
+            with t.smtp(r["port"], "implicit" if r["security"] == "SSL/TLS" else "starttls") as c:
+                assert c.login(r["username"], password)[0] == 235
+        else:                                 # ManageSieve: STARTTLS offered in its greeting
+            greeting = b""
+            with socket.create_connection((t.address, r["port"]), timeout=10) as sock:
+                while b"\r\nOK" not in greeting and len(greeting) < 65536:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    greeting += chunk
+            assert b'"STARTTLS"' in greeting, greeting
+    cli("user", "disable", addr)
+    refused = mailops_cli("user", "settings", addr, "--params", str(LAB_PARAMS), check=False)
+    assert refused.returncode == 2 and "is disabled" in refused.stderr, refused.stderr
+
+
 def test_purge_archives_in_borg_before_deleting(params, session, mailboxes):
     (addr, pw), = mailboxes("purge")
     t = target_from(params)
@@ -282,6 +312,7 @@ def test_users_notebook_under_papermill(params, session, tmp_path):
                       "record_file": str(rec)}, cwd=str(nb.parent))
     record = json.loads(rec.read_text())
     assert record["status"] == "applied"
+    assert f"mail settings for {addr}: user name {addr}" in out.read_text()   # onboarding
     assert users.state(session).mailboxes[addr]["quota_bytes"] == 30 * 1048576
     password = (manage.PASSWORD_DIR / f"{addr}.txt").read_text().strip()
     assert password not in out.read_text() and password not in rec.read_text()

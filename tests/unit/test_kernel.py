@@ -1,5 +1,6 @@
 """Notebooks run over IPC, not TCP ports on loopback (mailops/core/kernel.py)."""
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -51,4 +52,5 @@ def test_kernels_started_at_once_each_get_their_own_sockets(tmp_path):
         assert list(pool.map(run, range(4))) == [f"{2 * i}\n" for i in range(4)]
     assert not list(tmp_path.glob("kernel-ipc*"))          # nothing left in the working dir
     from jupyter_core.paths import jupyter_runtime_dir
-    assert not list(Path(jupyter_runtime_dir()).glob("mailops-*"))   # sockets removed
+    # this process's sockets removed (another run's kernels may be at work meanwhile)
+    assert not list(Path(jupyter_runtime_dir()).glob(f"mailops-{os.getpid()}-*"))

@@ -91,8 +91,8 @@ def server(params, monkeypatch):  # noqa: F811
 
 
 def run(server, runner=None, verify=GREEN, **kw):
-    params, fake, _ = server
-    return upgrade.upgrade(params, host=fake, provision=runner or Runner(),
+    p, fake, _ = server
+    return upgrade.upgrade(p, host=fake, provision=runner or Runner(),
                            verify=lambda: verify, log=lambda m: None, poll_s=0, **kw)
 
 
@@ -102,7 +102,7 @@ def marker(fake) -> dict:
 
 
 def test_a_dry_run_shows_the_package_changes_and_the_2_4_config_and_writes_nothing(server):
-    params, fake, drills = server
+    _, fake, drills = server
     before = fake.snapshot()
     report = run(server, dry_run=True)
     assert report.ok and [n for n, _, _ in report.phases] == ["survey", "plan"]
@@ -125,7 +125,7 @@ class Watching(Runner):
 
 
 def test_an_upgrade_writes_dovecot_2_4_before_its_package_moves_and_ends_verified(server):
-    params, fake, drills = server
+    _, fake, drills = server
     runner = Watching(fake)
     report = run(server, runner)
     assert report.ok, report.error
@@ -152,7 +152,7 @@ def test_an_upgrade_writes_dovecot_2_4_before_its_package_moves_and_ends_verifie
 
 
 def test_verify_not_green_refuses_before_anything_changes(server):
-    params, fake, drills = server
+    _, fake, drills = server
     before = fake.snapshot()
     with pytest.raises(upgrade.UpgradeError, match="verify is not green .*imaps login"):
         run(server, verify=RED)
@@ -165,7 +165,7 @@ def test_verify_not_green_refuses_before_anything_changes(server):
     (b'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\nVERSION_ID="24.04"\n'
      b'VERSION_CODENAME=noble\n', "is not Debian")])
 def test_a_host_not_on_debian_12_is_refused_with_nothing_changed(server, release, words):
-    params, fake, _ = server
+    _, fake, _ = server
     fake.files["/etc/os-release"] = FakeFile(release)
     before = fake.snapshot()
     with pytest.raises(upgrade.UpgradeError, match=words):
@@ -174,7 +174,7 @@ def test_a_host_not_on_debian_12_is_refused_with_nothing_changed(server, release
 
 
 def test_packages_that_fail_before_any_moved_put_everything_back(server):
-    params, fake, _ = server
+    _, fake, _ = server
     conf = fake.files[CONF].content
     fake.upgrade_apt = "before"
     runner = Runner()
@@ -188,7 +188,7 @@ def test_packages_that_fail_before_any_moved_put_everything_back(server):
 
 
 def test_packages_that_fail_after_some_moved_keep_the_stand_in_and_the_next_run_goes_on(server):
-    params, fake, _ = server
+    _, fake, _ = server
     fake.upgrade_apt = "after"
     report = run(server)
     assert not report.ok and "no way back" in report.error and "--to trixie` again" in report.error
@@ -203,11 +203,15 @@ def test_packages_that_fail_after_some_moved_keep_the_stand_in_and_the_next_run_
 
 
 def test_a_provision_that_fails_on_13_keeps_the_stand_in_until_the_next_run_finishes(server):
-    params, fake, _ = server
+    _, fake, _ = server
     report = run(server, Runner(fail_at="40-dovecot"))
     assert not report.ok and report.error.startswith("on trixie now, 40-dovecot failed: boom")
     assert marker(fake)["phase"] == "provision-failed" and fake.stand_in
     assert not fake.services["dovecot"]["active"]
+    before = fake.snapshot()                                   # a dry run meanwhile: reads only
+    dry = run(server, dry_run=True)
+    assert dry.ok and "stopped at provision-failed" in dry.phases[0][2]
+    assert fake.snapshot() == before
     again = run(server)
     assert again.ok, again.error
     assert [n for n, _, _ in again.phases] == ["survey", "provision", "verify"]
