@@ -78,7 +78,7 @@ def main() -> None:
     try:
         if not lab.up(spec, log=quiet).up:
             raise SystemExit(f"lab {spec.name} did not come up")
-        peers.prepare_backup_host(params, log=quiet)
+        peers.prepare_backup_host(params, log=quiet, fresh=True)
         first = runner.provision(PARAMS, apply=True, verify=True, log=quiet, tag="bench-upgrade")
         if not first.ok:
             raise SystemExit(f"the Debian 12 server did not build:\n{first}")

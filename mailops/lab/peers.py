@@ -25,11 +25,16 @@ printf 'restrict,command="borg serve --restrict-to-path /srv/borg" %s
 ' "$1" >/srv/borg/.ssh/authorized_keys
 chown borg:borg /srv/borg/.ssh/authorized_keys
 chmod 0600 /srv/borg/.ssh/authorized_keys
+# $2: a repository to start anew (a mail host built from nothing): removed
+case "$2" in /srv/borg/?*) rm -rf -- "$2" ;; esac
 """
 
 
-def prepare_backup_host(params, log=print) -> LabStatus | None:
-    """Bring up the backup lab host and let the mail server's backup key in."""
+def prepare_backup_host(params, log=print, fresh: bool = False) -> LabStatus | None:
+    """Bring up the backup lab host and let the mail server's backup key in.  ``fresh``:
+    the mail host was built from nothing for a test and starts a repository of its own
+    (its old one is removed: 80-backup refuses to back up a host with no mail over a
+    server's archives, as it must on a real server).  Never for a rebuild's host."""
     spec = backup_spec(params)
     if spec is None:
         return None
@@ -39,7 +44,9 @@ def prepare_backup_host(params, log=print) -> LabStatus | None:
     pub = ssh_public_key(resolve(params.backup.ssh_key, params.base_dir).reveal(),
                          f"mailops-backup@{params.hostname}")
     with SSHHost(spec.url, key_file=spec.key_file, known_hosts=spec.known_hosts) as h:
-        h.run(["sh", "-c", PREPARE_BACKUP_HOST, "prepare_backup_host", pub], timeout=600)
+        repo = params.backup.repository.split("/", 3)[3] if fresh else ""
+        h.run(["sh", "-c", PREPARE_BACKUP_HOST, "prepare_backup_host", pub,
+               "/" + repo if repo else ""], timeout=600)
     log(f"lab {spec.name}: borg repository host for {params.hostname} ready")
     return st
 

@@ -103,7 +103,7 @@ def build_from_nothing(params_file: Path) -> dict:
     lab.down(spec, purge=True, log=quiet)
     if not lab.up(spec, log=quiet).up:
         raise AssertionError(f"lab {spec.name} did not come up")
-    peers.prepare_backup_host(p, log=quiet)
+    peers.prepare_backup_host(p, log=quiet, fresh=True)
     return provision_json("--params", str(params_file), "--apply")
 
 
@@ -148,8 +148,9 @@ def trixie_lab(lab_up):
     the other peers of the Debian 12 lab (their bridge and apt proxy are shared)."""
     p = load_params(TRIXIE)
     spec = lab.LabSpec.from_params(p)
+    fresh = not spec.dir.exists()              # test_04 purged it: built from nothing
     lab.up(spec)
-    peers.prepare_backup_host(p)
+    peers.prepare_backup_host(p, fresh=fresh)
     res = provision_json("--params", str(TRIXIE), "--apply")
     assert res["ok"], res
     yield TRIXIE, p

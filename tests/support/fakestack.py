@@ -465,6 +465,12 @@ class StackCommands:
 
     def _cmd_borg_repo_init(self, a, stdin):
         from mailops.core.layout import BACKUP
+        mail = a[7]
+        if self.borg_archives and not any(p.startswith(mail + "/") for p in self.files):
+            return 3, b"", (f"the repository holds a server's archives (latest "
+                            f"{self.borg_archives[-1]}) and this host holds no mail: a backup "
+                            "now would make an empty archive the latest. Run `mailops "
+                            "rebuild` ...; nothing was backed up\n").encode()
         self.borg_archives.append(f"mx1-{len(self.borg_archives)}")
         self.files[BACKUP.state] = FakeFile(b'{"start": 1, "end": 2, "exit": 0}\n')
         return 0, b"", b""

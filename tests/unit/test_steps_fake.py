@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from support.fakehost import READ_ONLY, FakeHost
+from support.fakehost import READ_ONLY, FakeFile, FakeHost
 from mailops.core.params import load_params
 from mailops.core.plan import Status
 from mailops.core.resources import Action, Service
@@ -343,3 +343,48 @@ def test_a_key_copy_of_a_repository_initialized_anew_is_exported_again(params):
     assert s.apply(s.plan("80-backup")).status is Status.APPLIED
     assert key_copy.read_bytes().startswith(b"BORG_KEY feedbeef\n")
     assert not s.plan("80-backup").changes
+
+
+def test_a_new_host_with_no_mail_never_backs_up_over_a_servers_archives(params):
+    """Someone ran provision instead of rebuild on a new host: the repository holds the
+    lost server's archives.  A first backup of the empty host would become the latest
+    archive, the one a rebuild takes: refused, naming `mailops rebuild`, nothing backed up.
+    With mail on the host (after a rebuild's extract) the backup goes on."""
+    fake = FakeHost()
+    fake.borg_archives.append("mx1-2026-12-06T03:17:00")     # the lost server's
+    s = converge(params, fake, upto="80-backup")
+    result = s.apply(s.plan("80-backup"))
+    assert result.status is Status.FAILED, result
+    assert "mailops rebuild" in result.error and "nothing was backed up" in result.error
+    assert fake.borg_archives == ["mx1-2026-12-06T03:17:00"]
+    fake.files["/var/mail/vhosts/example.com/jane/mdbox/storage/m.1"] = FakeFile(b"mail", 0o600)
+    assert s.apply(s.plan("80-backup")).ok
+    assert len(fake.borg_archives) == 2
+
+
+@pytest.mark.parametrize("mail, archives, rc", [
+    (False, "mx1-2026-12-06T03:17:00", 3),      # a new host over a server's archives: refused
+    (True, "mx1-2026-12-06T03:17:00", 0),       # the host holds mail: the backup runs
+    (False, "", 0)])                           # the repository exists, no archive yet
+def test_the_repository_init_script_refuses_only_an_empty_host_over_archives(
+        tmp_path, mail, archives, rc):
+    """REPO_INIT itself, with a stand-in for the borg wrapper that says the repository
+    exists: what the fake host emulates is what the script does."""
+    from mailops.core.host import LocalHost
+    from mailops.core.resources.borg import REPO_INIT
+    wrapper, run, store = tmp_path / "borg", tmp_path / "backup", tmp_path / "vhosts"
+    wrapper.write_text('#!/bin/sh\ncase "$1" in\n'
+                       '  init) echo "A repository already exists at ..." >&2; exit 2;;\n'
+                       f'  list) echo "{archives}";;\nesac\n')
+    run.write_text(f"#!/bin/sh\ntouch {tmp_path}/backed-up\n")
+    for f in (wrapper, run):
+        f.chmod(0o755)
+    store.mkdir()
+    if mail:
+        (store / "m.1").write_text("mail")
+    res = LocalHost().run(["sh", "-c", REPO_INIT, "borg_repo_init", str(wrapper), str(run),
+                           str(tmp_path / "log"), str(store)], check=False)
+    assert res.exit_code == rc, res.err
+    assert (tmp_path / "backed-up").exists() is (rc == 0)
+    if rc:
+        assert "mailops rebuild" in res.err and "latest mx1-2026-12-06T03:17:00" in res.err

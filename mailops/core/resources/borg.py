@@ -26,10 +26,21 @@ else
 fi
 """
 
-# init when the repository does not exist (keep it when it does), then a first backup
-REPO_INIT = r"""w=$1; run=$2; log=$3
+# init when the repository does not exist (keep it when it does), then a first backup.
+# A repository that exists and holds archives, met by a host that holds no mail, is a
+# server's backups met by a new host: a backup now would make an empty archive the
+# latest (the one a rebuild takes), so it is refused and `mailops rebuild` named.
+REPO_INIT = r"""w=$1; run=$2; log=$3; mail=$4
 if ! out=$("$w" init --encryption=repokey-blake2 --make-parent-dirs 2>&1); then
   printf '%s' "$out" | grep -q "already exists" || { printf '%s\n' "$out" >&2; exit 1; }
+  if [ -z "$(find "$mail" -type f 2>/dev/null | head -n 1)" ] &&
+     last=$("$w" list --last 1 --short 2>/dev/null) && [ -n "$last" ]; then
+    echo "the repository holds a server's archives (latest $last) and this host holds no" \
+      "mail: a backup now would make an empty archive the latest. Run \`mailops rebuild\`" \
+      "to bring the server back from them, or point backup.repository at a new" \
+      "repository to start anew; nothing was backed up" >&2
+    exit 3
+  fi
 fi
 "$run" || { echo "the first backup failed (exit $?); see $log:" >&2
             tail -n 15 "$log" >&2; exit 1; }
@@ -43,6 +54,7 @@ class BorgRepository(Resource):
     run: str = "/usr/local/sbin/mailops-backup"
     state: str = "/var/lib/mailops/backup-last.json"
     log: str = "/var/log/mailops/backup.log"
+    mail: str = "/var/mail/vhosts"        # the mail store: empty on a new host
     kind: ClassVar[str] = "borg repository"
 
     @property
@@ -74,8 +86,8 @@ class BorgRepository(Resource):
         return [Change(self, Action.CREATE, reason)]
 
     def apply(self, host, change):
-        host.run(["sh", "-c", REPO_INIT, "borg_repo_init", self.wrapper, self.run, self.log],
-                 timeout=1800)
+        host.run(["sh", "-c", REPO_INIT, "borg_repo_init", self.wrapper, self.run, self.log,
+                  self.mail], timeout=1800)
 
 
 # the repository id borg recorded on the server for this location (borg keeps one

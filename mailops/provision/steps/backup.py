@@ -60,7 +60,7 @@ def declare(p, info) -> list[Resource]:
         *mailops_logs(),
         ValidatedFile(PATHS.config, render(f"etc/borgmatic/config-{'flat' if flat(series) else '1.7'}"
                                            ".yaml.j2", **ctx), mode="0600", validate=validate),
-        BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state, PATHS.log),
+        BorgRepository(b.repository, PATHS.wrapper, PATHS.run, PATHS.state, PATHS.log, VHOSTS),
         BorgKeyCopy(p.path(b.key_copy), PATHS.wrapper, b.repository),
     ]
     out += scheduled(Job("backup", "mailops backup (borgmatic)", PATHS.run, b.at, network=True),
