@@ -17,7 +17,6 @@ state was placed is finished by running it again."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Callable, ClassVar
 from mailops.core import plan as planning
 from mailops.core.host import CommandError, Host
 from mailops.core.layout import BACKUP, TLS_DIR, VHOSTS
-from mailops.core.params import Params, load_params
+from mailops.core.params import Params
 from mailops.core.resources import Directory, Group, Packages, Resource, User
 from mailops.core.resources.base import FactError
 from mailops.core.resources.maildb import DB_GROUP, DB_PATH
@@ -139,13 +138,7 @@ def rebuild(params_file: str | Path | Params, *, dry_run: bool = False, archive:
     """Rebuild the server the parameters describe on the (empty) host they point at.
     ``host`` and ``provision`` replace the connection and the runner (the unit tier's
     fake host); by default each phase connects anew and provisions through the runner."""
-    if isinstance(params_file, Params):
-        params = params_file
-    else:
-        params_file = Path(params_file).resolve()
-        params = load_params(params_file)
-    if provision is None:
-        provision = functools.partial(runner.provision, params_file, reports=reports)
+    params, params_file, provision = runner.for_command(params_file, reports, provision)
     b = params.backup
     if not b.enabled:
         raise RebuildError("backup.enabled is false: there is no repository to rebuild from")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import threading
 import time
@@ -105,6 +106,20 @@ class _Ticket:
         if self.rendezvous is not None and not self.done:
             self.done = True
             self.rendezvous.arrive(wait)
+
+
+def for_command(params_file, reports: Path, replacement: Callable | None = None):
+    """A lifecycle command's (rebuild, upgrade) parameters and runner: ``params_file`` is
+    a path (resolved, loaded) or loaded parameters; ``replacement`` replaces the runner
+    (the unit tier's), else every provision runs the notebooks for that file."""
+    from mailops.core.params import Params
+    if isinstance(params_file, Params):
+        params = params_file
+    else:
+        params_file = Path(params_file).resolve()
+        params = load_params(params_file)
+    run = replacement or functools.partial(provision, params_file, reports=reports)
+    return params, params_file, run
 
 
 def provision_many(params_files, *, log: Callable[[str], None] = print,

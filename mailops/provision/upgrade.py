@@ -36,7 +36,7 @@ from typing import Callable, ClassVar
 from mailops.core import plan as planning
 from mailops.core.host import CommandError, Host
 from mailops.core.layout import SIEVE_DIR, VHOSTS, tls_paths
-from mailops.core.params import Params, load_params
+from mailops.core.params import Params
 from mailops.core.resources import File
 from . import backup as backups
 from . import runner
@@ -81,9 +81,6 @@ class UpgradeReport(PhasedReport):
         return {"from": self.from_release, "to": self.to_release,
                 "packages": len(self.packages), "config_files": sorted(self.config_diffs),
                 "window": self.window}
-
-    def package_table(self) -> list[dict]:
-        return self.packages
 
     def __str__(self) -> str:
         extra = [f"  window: {self.window.get('seconds', 0):.1f}s of 421 (stand-in), "
@@ -256,13 +253,7 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
     """Upgrade the server the parameters describe to Debian ``to`` in place.  ``host``,
     ``provision`` and ``verify`` replace the connection, the runner and the checks (the
     unit tier's fake host)."""
-    if isinstance(params_file, Params):
-        params = params_file
-    else:
-        params_file = Path(params_file).resolve()
-        params = load_params(params_file)
-    if provision is None:
-        provision = functools.partial(runner.provision, params_file, reports=reports)
+    params, params_file, provision = runner.for_command(params_file, reports, provision)
     if verify is None:
         from .verify import run_checks
         verify = functools.partial(run_checks, params)
@@ -277,9 +268,8 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
         marker_state.update({"to": to, "from": report.from_release, "phase": phase_name,
                              "at": dt.datetime.now(dt.timezone.utc).isoformat(
                                  timespec="seconds"), **extra})
-        data = marker_state
         session.host.run(["mkdir", "-p", "-m", "0700", WORK])
-        session.host.write_file(MARKER, json.dumps(data).encode() + b"\n", mode="0600")
+        session.host.write_file(MARKER, json.dumps(marker_state).encode() + b"\n", mode="0600")
 
     marker_state: dict = {}
     with Session(params, host) as session:
@@ -427,7 +417,7 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
             summaries = [run(only=steps[:split])]
             if summaries[-1].ok:
                 stopped = _helper(session, _defer_req(session, "defer-stop"))
-                report.window = window(stopped, marker_state)
+                report.window = window(stopped)
                 summaries.append(run(only=steps[split:]))
             failed = next((s for x in summaries for s in x.steps if s.status == "failed"), None)
             if failed is not None:
@@ -465,9 +455,9 @@ def upgrade(params_file: str | Path | Params, *, to: str = "trixie", dry_run: bo
     return report
 
 
-def window(stopped: dict, marker_state: dict) -> dict:
-    """The stand-in's time: from its start (the marker's 'stopped' time) to now, and the
-    connections it answered (pure but for the clock)."""
+def window(stopped: dict) -> dict:
+    """The stand-in's window from what it logged: the connections it answered, the first
+    and the last, and the seconds between them (pure)."""
     out = {"answered": stopped.get("answered", 0), "first_421": stopped.get("first"),
            "last_421": stopped.get("last")}
     if stopped.get("first") and stopped.get("last"):
@@ -526,19 +516,14 @@ def run_packages(session: Session, poll_s: float, timeout_s: float, log) -> dict
         return st                             # finished before a cut connection saw it
     if not st["running"]:                     # never started, or failed before: (again)
         _helper(session, _apt_req("apt-start", session.params))
-    elif st["running"]:
+    else:
         log("[upgrade] packages: the upgrade's apt job is still running; waiting for it")
     deadline = time.monotonic() + timeout_s
-    seen = 0
     while True:
         st = _helper(session, _apt_req("apt-status", session.params))
-        if st["rc"] is not None:
-            if st["rc"] == 0 or not st["running"]:
-                return st
+        if st["rc"] is not None:              # the exit code is written once the job ended
+            return st
         if time.monotonic() > deadline:
             raise UpgradeError(f"the package upgrade still runs after {timeout_s:.0f} s "
                                f"({APT_LOG} on the host); run the command again to wait on")
-        lines = st["tail"].count("\n")
-        if lines != seen:
-            seen = lines
         time.sleep(poll_s)
